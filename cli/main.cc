@@ -1,0 +1,184 @@
+// ckptconv's command line: a thin client of the library. It parses options (SPEC §6), calls one
+// library entry point per subcommand, prints results, and maps every failure to one line on
+// stderr and the exit status of its kind: 0 success, 1 other, 2 usage, 3 invalid input, 4 I/O.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <optional>
+
+#include "formats/checkpoint.h"
+#include "formats/error.h"
+#include "pipeline/convert.h"
+#include "pipeline/inspect.h"
+#include "pipeline/progress.h"
+#include "pipeline/synth.h"
+#include "pipeline/verify.h"
+
+namespace {
+
+using namespace ckpt;
+
+struct ConvertArgs {
+  std::string in, out, family = "auto", to = "dequant", dtype = "bf16", mtp = "auto",
+              quantize = "none", max_shard = "5GB", budget = "1GiB", device = "auto";
+  std::optional<unsigned> ep_rank, ep_size;
+  unsigned threads = 0;
+  bool overwrite = false, json = false;
+};
+
+int run_convert(const ConvertArgs& a) {
+  ConvertOptions o;
+  o.in = a.in;
+  o.out = a.out;
+  o.family = a.family;
+  const auto dir = parse_direction(a.to);
+  if (!dir) fail_usage("--to: '{}' is not one of native, hf, dequant", a.to);
+  const auto dtype = parse_out_type(a.dtype);
+  if (!dtype) fail_usage("--dtype: '{}' is not one of bf16, f16, f32", a.dtype);
+  if (*dir == Direction::Dequant) {
+    if (a.ep_rank || a.ep_size) fail_usage("--ep-rank/--ep-size apply to --to native only");
+    if (a.quantize != "none") fail_usage("--quantize applies to --to hf only");
+  }
+  if (a.device == "cuda") fail_usage("--device cuda: this build has no CUDA support; use --device cpu");
+  o.plan.direction = *dir;
+  o.plan.dtype = *dtype;
+  o.plan.max_shard_size = parse_size(a.max_shard, "--max-shard-size");
+  o.memory_budget = parse_size(a.budget, "--memory-budget");
+  o.threads = a.threads;
+  o.overwrite = a.overwrite;
+  o.progress = isatty(STDERR_FILENO) && !a.json;
+  const ConvertSummary s = convert(o);
+  const double gbps = s.execute_s > 0 ? static_cast<double>(s.output_bytes) / s.execute_s / 1e9 : 0;
+  if (a.json) {
+    nlohmann::ordered_json j = {
+        {"input", a.in}, {"output", a.out}, {"direction", a.to}, {"dtype", a.dtype},
+        {"input_tensors", s.input_tensors}, {"output_tensors", s.output_tensors},
+        {"dequantized", s.dequantized}, {"dropped", s.dropped}, {"shards", s.shards},
+        {"input_bytes", s.input_bytes}, {"output_bytes", s.output_bytes},
+        {"plan_seconds", s.plan_s}, {"execute_seconds", s.execute_s}, {"total_seconds", s.total_s},
+        {"output_gb_per_s", gbps}, {"peak_rss_bytes", s.peak_rss_bytes}, {"threads", s.exec.threads},
+        {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers}, {"isa", s.isa},
+        {"stage_seconds", {{"read", s.exec.read_s}, {"dequantize", s.exec.transform_s}, {"write", s.exec.write_s}}}};
+    std::cout << j.dump(2) << "\n";
+  } else {
+    fmt::print("{} -> {}: {} tensors ({} dequantized, {} dropped) in {} shard(s), {} written in {:.2f} s "
+               "({}/s), peak RSS {}\n",
+               a.in, a.out, s.output_tensors, s.dequantized, s.dropped, s.shards,
+               Progress::bytes(static_cast<double>(s.output_bytes)), s.total_s, Progress::bytes(gbps * 1e9),
+               Progress::bytes(static_cast<double>(s.peak_rss_bytes)));
+  }
+  return 0;
+}
+
+int run_inspect(const std::string& path, bool json) {
+  const Checkpoint ck = Checkpoint::open(path);
+  const InspectReport r = inspect(ck, path);
+  if (json) std::cout << inspect_json(r).dump(2) << "\n";
+  else std::cout << inspect_text(r);
+  return 0;
+}
+
+int run_verify(const std::string& a, const std::string& b, std::optional<double> atol) {
+  const Checkpoint ca = Checkpoint::open(a), cb = Checkpoint::open(b);
+  const VerifyReport r = verify(ca, cb, VerifyOptions{atol, 0});
+  for (size_t i = 0; i < r.problems.size() && i < 20; ++i) fmt::print(stderr, "mismatch {}\n", r.problems[i]);
+  if (r.problems.size() > 20) fmt::print(stderr, "... and {} more\n", r.problems.size() - 20);
+  const std::string tail = atol ? fmt::format(", max |diff| {:g}", r.max_abs_diff) : "";
+  if (r.ok()) {
+    fmt::print("match: {} tensors, {} bytes{}\n", r.compared, r.bytes, tail);
+    return 0;
+  }
+  fmt::print("MISMATCH: {} problem(s); {} of {} common tensors match{}\n", r.problems.size(), r.matched,
+             r.compared, tail);
+  return 1;
+}
+
+int run_synth(SynthOptions o, const std::string& size) {
+  if (!size.empty()) o.target_bytes = parse_size(size, "--size");
+  const SynthSummary s = synth(o);
+  fmt::print("{}: {} {} checkpoint, {} layers, {} tensors in {} shard(s), {}\n", o.out.string(), o.family,
+             "HF-layout", s.layers, s.tensors, s.shards, Progress::bytes(static_cast<double>(s.bytes)));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ckptconv: streaming conversion of safetensors checkpoints between the HuggingFace layout "
+               "and NeMo AutoModel's native layout, with exact FP8 dequantization.\n"
+               "Exit status: 0 success, 2 usage error, 3 invalid input, 4 I/O failure, 1 other."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "ckptconv 0.1.0");
+
+  ConvertArgs ca;
+  auto* conv = app.add_subcommand("convert", "Convert a checkpoint (HF -> native, native -> HF, or FP8 -> dequantized HF)");
+  conv->add_option("--in", ca.in, "Input checkpoint: a directory of shards or one .safetensors file")->required();
+  conv->add_option("--out", ca.out, "Output directory (created; must be empty unless --overwrite)")->required();
+  conv->add_option("--family", ca.family, "Model family, or auto to read config.json")->capture_default_str();
+  conv->add_option("--to", ca.to, "Direction: dequant (FP8 weights to --dtype, names unchanged), native, hf")
+      ->capture_default_str();
+  conv->add_option("--dtype", ca.dtype, "Output dtype of dequantized weights: bf16, f16, f32")->capture_default_str();
+  conv->add_option("--ep-rank", ca.ep_rank, "Expert-parallel rank to write (with --ep-size)");
+  conv->add_option("--ep-size", ca.ep_size, "Expert-parallel world size");
+  conv->add_option("--mtp", ca.mtp, "Multi-token-prediction layers: auto, on, off")->capture_default_str();
+  conv->add_option("--quantize", ca.quantize, "FP8 export for --to hf: none, placeholder, real")->capture_default_str();
+  conv->add_option("--max-shard-size", ca.max_shard, "Largest output shard (e.g. 5GB, 512MiB)")->capture_default_str();
+  conv->add_option("--threads", ca.threads, "Worker threads (0: all cores)")->capture_default_str();
+  conv->add_option("--memory-budget", ca.budget, "Bytes in flight at once (e.g. 1GiB, 256MiB)")->capture_default_str();
+  conv->add_option("--device", ca.device, "Where to dequantize: auto, cpu, cuda")->capture_default_str();
+  conv->add_flag("--overwrite", ca.overwrite, "Replace the checkpoint in a non-empty --out");
+  conv->add_flag("--json", ca.json, "Print a JSON summary of the run on stdout");
+
+  std::string ipath;
+  bool ijson = false;
+  auto* insp = app.add_subcommand("inspect", "List tensors, dtypes, shapes, sizes and detected FP8 schemes");
+  insp->add_option("PATH", ipath, "Checkpoint directory or .safetensors file")->required();
+  insp->add_flag("--json", ijson, "Machine-readable output");
+
+  std::string va, vb;
+  std::optional<double> atol;
+  auto* ver = app.add_subcommand("verify", "Compare two checkpoints tensor by tensor (exit 0 only if they match)");
+  ver->add_option("A", va, "First checkpoint")->required();
+  ver->add_option("B", vb, "Second checkpoint")->required();
+  ver->add_option("--atol", atol, "Allow floating-point elements to differ by this much");
+
+  SynthOptions so;
+  std::string ssize;
+  auto* syn = app.add_subcommand("synth", "Write a synthetic HF-layout FP8 checkpoint of a model family");
+  syn->add_option("--family", so.family, "Family: " + fmt::format("{}", fmt::join(synth_families(), ", ")))->required();
+  syn->add_option("--out", so.out, "Output directory (must not exist or be empty)")->required();
+  syn->add_option("--layers", so.layers, "Decoder layers")->capture_default_str();
+  syn->add_option("--experts", so.experts, "Routed experts per MoE layer")->capture_default_str();
+  syn->add_option("--hidden", so.hidden, "Hidden size")->capture_default_str();
+  syn->add_option("--inter", so.inter, "Expert (MoE) intermediate size")->capture_default_str();
+  syn->add_option("--shards", so.shards, "Number of shard files")->capture_default_str();
+  syn->add_option("--seed", so.seed, "Random seed")->capture_default_str();
+  syn->add_option("--size", ssize, "Target total size (e.g. 2GB); picks the number of layers");
+  syn->add_option("--threads", so.threads, "Worker threads (0: all cores)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  try {
+    if (*conv) return run_convert(ca);
+    if (*insp) return run_inspect(ipath, ijson);
+    if (*ver) return run_verify(va, vb, atol);
+    if (*syn) return run_synth(so, ssize);
+  } catch (const ckpt::Error& e) {
+    fmt::print(stderr, "ckptconv: {}\n", e.what());
+    return e.exit_code();
+  } catch (const std::bad_alloc&) {
+    fmt::print(stderr, "ckptconv: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "ckptconv: {}\n", e.what());
+    return 1;
+  }
+  return 2;
+}

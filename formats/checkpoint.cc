@@ -1,0 +1,162 @@
+#include "formats/checkpoint.h"
+
+#include <simdjson.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "formats/error.h"
+
+namespace ckpt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) fail(ErrorKind::Io, "{}: cannot open", p.string());
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The shard names the index lists, checked against its weight map later.
+std::vector<std::pair<std::string, std::string>> read_weight_map(const fs::path& index_path) {
+  const std::string text = read_text(index_path);
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  if (auto err = parser.parse(text).get(doc))
+    fail_input("{}: not valid JSON: {}", index_path.string(), simdjson::error_message(err));
+  simdjson::dom::object wm;
+  if (doc["weight_map"].get_object().get(wm))
+    fail_input("{}: missing \"weight_map\" object", index_path.string());
+  std::vector<std::pair<std::string, std::string>> out;
+  std::set<std::string_view> seen;
+  for (auto [k, v] : wm) {
+    std::string_view file;
+    if (v.get_string().get(file))
+      fail_input("{}: weight_map entry '{}' is not a string", index_path.string(), k);
+    if (!seen.insert(k).second)
+      fail_input("{}: weight_map lists tensor '{}' twice", index_path.string(), k);
+    const fs::path fp(file);
+    if (file.empty() || fp.has_parent_path() || file == "." || file == "..")
+      fail_input("{}: weight_map entry '{}' names '{}', not a file beside the index",
+                 index_path.string(), k, file);
+    out.emplace_back(std::string(k), std::string(file));
+  }
+  return out;
+}
+
+bool is_weight_file(const fs::path& p) {
+  static const std::set<std::string> kWeightExt = {".safetensors", ".bin", ".pt", ".pth",
+                                                   ".gguf", ".ckpt", ".h5", ".msgpack"};
+  const auto name = p.filename().string();
+  return kWeightExt.count(p.extension().string()) || name == kIndexName ||
+         name.ends_with(".index.json");
+}
+
+}  // namespace
+
+Checkpoint Checkpoint::open(const fs::path& path) {
+  Checkpoint c;
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) {
+    c.single_file_ = true;
+    c.dir_ = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+    c.files_.push_back(std::make_unique<SafetensorsFile>(path));
+  } else if (fs::is_directory(path, ec)) {
+    c.dir_ = path;
+    const fs::path index = path / kIndexName;
+    if (fs::exists(index)) {
+      const auto entries = read_weight_map(index);
+      std::vector<std::string> shard_names;
+      for (const auto& [_, f] : entries)
+        if (std::find(shard_names.begin(), shard_names.end(), f) == shard_names.end())
+          shard_names.push_back(f);
+      std::sort(shard_names.begin(), shard_names.end());
+      std::unordered_map<std::string, const SafetensorsFile*> by_file;
+      for (const auto& f : shard_names) {
+        if (!fs::exists(path / f))
+          fail_input("{}: lists shard '{}', which does not exist", index.string(), f);
+        c.files_.push_back(std::make_unique<SafetensorsFile>(path / f));
+        by_file[f] = c.files_.back().get();
+      }
+      size_t listed = 0;
+      for (const auto& [tensor, f] : entries) {
+        if (!by_file[f]->find(tensor))
+          fail_input("{}: weight_map puts '{}' in {}, whose header has no such tensor",
+                     index.string(), tensor, f);
+        ++listed;
+      }
+      size_t in_shards = 0;
+      for (const auto& f : c.files_) in_shards += f->tensors().size();
+      if (in_shards != listed) {
+        std::set<std::string_view> names;
+        for (const auto& [tensor, _] : entries) names.insert(tensor);
+        for (const auto& f : c.files_)
+          for (const auto& t : f->tensors())
+            if (!names.count(t.name))
+              fail_input("{}: tensor '{}' of {} is missing from the weight_map", index.string(),
+                         t.name, f->path().filename().string());
+      }
+    } else {
+      std::vector<fs::path> shards;
+      for (const auto& e : fs::directory_iterator(path))
+        if (e.is_regular_file() && e.path().extension() == ".safetensors" &&
+            e.path().filename().string()[0] != '.')
+          shards.push_back(e.path());
+      std::sort(shards.begin(), shards.end());
+      if (shards.empty()) fail_input("{}: no .safetensors files found", path.string());
+      for (const auto& s : shards) c.files_.push_back(std::make_unique<SafetensorsFile>(s));
+    }
+  } else {
+    fail(ErrorKind::Io, "{}: no such file or directory", path.string());
+  }
+
+  for (const auto& f : c.files_) {
+    for (const auto& t : f->tensors()) {
+      const TensorRef ref{f.get(), &t};
+      auto [it, fresh] = c.by_name_.emplace(t.name, c.tensors_.size());
+      if (!fresh)
+        fail_input("{}: tensor '{}' also appears in {}", f->path().string(), t.name,
+                   c.tensors_[it->second].file->path().string());
+      c.tensors_.push_back(ref);
+      c.total_bytes_ += t.nbytes();
+    }
+  }
+
+  const fs::path config = c.dir_ / "config.json";
+  if (fs::exists(config)) {
+    try {
+      c.config_ = nlohmann::ordered_json::parse(read_text(config));
+    } catch (const nlohmann::json::exception& e) {
+      fail_input("{}: not valid JSON: {}", config.string(), e.what());
+    }
+    if (!c.config_->is_object()) fail_input("{}: not a JSON object", config.string());
+  }
+  return c;
+}
+
+const TensorRef* Checkpoint::find(std::string_view name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &tensors_[it->second];
+}
+
+std::vector<fs::path> Checkpoint::side_files() const {
+  std::vector<fs::path> out;
+  if (single_file_) return out;  // a lone file's neighbours are not known to belong to it
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    const auto name = e.path().filename().string();
+    if (!e.is_regular_file() || name.empty() || name[0] == '.' || name == "config.json" ||
+        is_weight_file(e.path()))
+      continue;
+    out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace ckpt

@@ -1,0 +1,56 @@
+// A checkpoint as a whole: one `.safetensors` file, or a directory of shards with (or without)
+// `model.safetensors.index.json`, plus `config.json` and the other small files beside them.
+// All shards are mapped and their headers validated on open; the index's weight map is
+// cross-checked against the headers (every entry names a listed shard that holds the tensor,
+// every tensor of every shard is in the map, no name in two shards). No tensor data is read.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "formats/safetensors.h"
+
+namespace ckpt {
+
+struct TensorRef {
+  const SafetensorsFile* file = nullptr;
+  const TensorInfo* info = nullptr;
+  const std::string& name() const { return info->name; }
+};
+
+class Checkpoint {
+ public:
+  static Checkpoint open(const std::filesystem::path& path);
+
+  // The directory that holds the weights (the parent of a single-file input).
+  const std::filesystem::path& dir() const { return dir_; }
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
+  // Every tensor, shard by shard in data order.
+  const std::vector<TensorRef>& tensors() const { return tensors_; }
+  const TensorRef* find(std::string_view name) const;
+
+  // config.json beside the weights, if any (ordered so that it is written back unchanged).
+  const std::optional<nlohmann::ordered_json>& config() const { return config_; }
+  uint64_t total_tensor_bytes() const { return total_bytes_; }
+  // Files beside the weights that a conversion copies (tokenizer, generation config, …).
+  std::vector<std::filesystem::path> side_files() const;
+
+ private:
+  std::filesystem::path dir_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::vector<TensorRef> tensors_;
+  std::unordered_map<std::string_view, size_t> by_name_;
+  std::optional<nlohmann::ordered_json> config_;
+  uint64_t total_bytes_ = 0;
+  bool single_file_ = false;
+};
+
+inline constexpr const char* kIndexName = "model.safetensors.index.json";
+
+}  // namespace ckpt

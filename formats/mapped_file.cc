@@ -1,0 +1,55 @@
+#include "formats/mapped_file.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <system_error>
+
+#include "formats/error.h"
+
+namespace ckpt {
+
+MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::is_regular_file(status))
+    fail(ErrorKind::Io, "{}: cannot open: {}", path.string(),
+         ec ? ec.message() : std::string("not a regular file"));
+  const uint64_t size = std::filesystem::file_size(path, ec);
+  if (ec) fail(ErrorKind::Io, "{}: cannot stat: {}", path.string(), ec.message());
+  if (size == 0) return;  // boost refuses to map empty files; an empty range is the right answer
+  try {
+    map_.open(path.string());
+  } catch (const std::exception& e) {
+    fail(ErrorKind::Io, "{}: cannot map: {}", path.string(), e.what());
+  }
+  data_ = reinterpret_cast<const uint8_t*>(map_.data());
+  size_ = map_.size();
+}
+
+namespace {
+// The map starts on a page boundary, so file offsets round to pages directly. `release` keeps to
+// whole pages inside the range (a neighbouring work item may still read the rest of a shared page);
+// `prefetch` may widen, which is harmless for a hint.
+void advise(const uint8_t* base, uint64_t size, uint64_t offset, uint64_t len, int advice,
+            bool inner) {
+  if (!base || offset >= size || len == 0) return;
+  if (len > size - offset) len = size - offset;
+  static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  uint64_t begin = inner ? (offset + page - 1) / page * page : offset / page * page;
+  uint64_t end = offset + len;
+  if (inner && end != size) end = end / page * page;  // the file's last page is nobody else's
+  if (end <= begin) return;
+  madvise(const_cast<uint8_t*>(base + begin), end - begin, advice);
+}
+}  // namespace
+
+void MappedFile::prefetch(uint64_t offset, uint64_t len) const {
+  advise(data_, size_, offset, len, MADV_WILLNEED, false);
+}
+
+void MappedFile::release(uint64_t offset, uint64_t len) const {
+  advise(data_, size_, offset, len, MADV_DONTNEED, true);
+}
+
+}  // namespace ckpt

@@ -1,0 +1,132 @@
+#include "pipeline/convert.h"
+
+#include <sys/resource.h>
+#include <sys/statvfs.h>
+
+#include <chrono>
+#include <fstream>
+
+#include "formats/checkpoint.h"
+#include "formats/error.h"
+#include "pipeline/progress.h"
+#include "transforms/kernels.h"
+
+namespace ckpt {
+
+namespace fs = std::filesystem;
+
+uint64_t peak_rss_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<uint64_t>(u.ru_maxrss) * 1024;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+bool is_our_output(const fs::path& p) {
+  const auto name = p.filename().string();
+  return name == kIndexName || (name.starts_with("model") && p.extension() == ".safetensors");
+}
+
+// The output directory must be new or empty, unless --overwrite; it never is the input.
+void prepare_out_dir(const ConvertOptions& opt, const Checkpoint& ck) {
+  std::error_code ec;
+  if (fs::exists(opt.out, ec)) {
+    if (!fs::is_directory(opt.out)) fail_usage("--out {}: exists and is not a directory", opt.out.string());
+    if (fs::equivalent(opt.out, ck.dir(), ec))
+      fail_usage("--out {}: is the input directory; write the conversion elsewhere", opt.out.string());
+    if (!opt.overwrite && !fs::is_empty(opt.out))
+      fail_usage("--out {}: directory is not empty (use --overwrite to replace its checkpoint)",
+                 opt.out.string());
+  } else if (!fs::create_directories(opt.out, ec) || ec) {
+    fail(ErrorKind::Io, "--out {}: cannot create: {}", opt.out.string(), ec.message());
+  }
+}
+
+void check_free_space(const fs::path& dir, const Plan& plan) {
+  struct statvfs st{};
+  if (statvfs(dir.c_str(), &st) != 0) return;  // unknown: the writer's fallocate still guards
+  uint64_t need = 0;
+  for (const auto& s : plan.shards) need += s.file_size;
+  const uint64_t avail = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+  if (need > avail)
+    fail(ErrorKind::Io, "{}: not enough free space: the output needs {} bytes, {} are available",
+         dir.string(), need, avail);
+}
+
+void write_config(const Checkpoint& ck, const Plan& plan, const fs::path& out) {
+  if (!ck.config()) return;
+  nlohmann::ordered_json cfg = *ck.config();
+  if (plan.dequantized > 0) {
+    const std::string dtype(torch_dtype_name(plan.dtype));
+    for (auto* scope : {&cfg, cfg.contains("text_config") ? &cfg["text_config"] : nullptr}) {
+      if (!scope || !scope->is_object()) continue;
+      scope->erase("quantization_config");
+      if (scope == &cfg || scope->contains("torch_dtype")) (*scope)["torch_dtype"] = dtype;
+    }
+  }
+  write_file_atomic(out / "config.json", cfg.dump(2) + "\n");
+}
+
+void copy_side_files(const Checkpoint& ck, const fs::path& out) {
+  for (const auto& f : ck.side_files()) {
+    std::ifstream in(f, std::ios::binary);
+    if (!in) fail(ErrorKind::Io, "{}: cannot read", f.string());
+    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    write_file_atomic(out / f.filename(), content);
+  }
+}
+
+}  // namespace
+
+ConvertSummary convert(const ConvertOptions& opt) {
+  const auto t0 = Clock::now();
+  if (opt.memory_budget < kMinMemoryBudget)
+    fail_usage("--memory-budget must be at least {} bytes", kMinMemoryBudget);
+  ConvertSummary sum;
+  const Checkpoint ck = Checkpoint::open(opt.in);
+  const Plan plan = make_plan(ck, opt.plan);
+  sum.plan_s = since(t0);
+
+  prepare_out_dir(opt, ck);
+  check_free_space(opt.out, plan);
+
+  std::vector<std::unique_ptr<ShardWriter>> writers;
+  for (const auto& s : plan.shards) writers.push_back(std::make_unique<ShardWriter>(opt.out, s));
+
+  const auto t1 = Clock::now();
+  {
+    Progress progress("converting", plan.output_bytes, opt.progress);
+    ExecOptions eo;
+    eo.threads = opt.threads;
+    eo.memory_budget = opt.memory_budget;
+    eo.progress = &progress.counter();
+    sum.exec = execute(plan, writers, eo);
+  }
+  if (opt.overwrite)  // remove the previous checkpoint's weights only now that ours are ready
+    for (const auto& e : fs::directory_iterator(opt.out))
+      if (e.is_regular_file() && is_our_output(e.path())) fs::remove(e.path());
+  for (auto& w : writers) w->commit();
+  sum.execute_s = since(t1);
+
+  copy_side_files(ck, opt.out);
+  write_config(ck, plan, opt.out);
+  if (plan.shards.size() > 1) write_file_atomic(opt.out / kIndexName, index_json(plan.shards));
+
+  sum.input_tensors = ck.tensors().size();
+  sum.output_tensors = plan.tensors.size();
+  sum.dequantized = plan.dequantized;
+  sum.dropped = plan.dropped.size();
+  sum.input_bytes = plan.input_bytes;
+  sum.output_bytes = plan.output_bytes;
+  sum.shards = plan.shards.size();
+  sum.total_s = since(t0);
+  sum.peak_rss_bytes = peak_rss_bytes();
+  sum.isa = std::string(isa_name(kernels().isa));
+  return sum;
+}
+
+}  // namespace ckpt

@@ -1,0 +1,44 @@
+// Executes a plan: a oneTBB flow graph streams work items — row ranges of output tensors, each at
+// most one chunk of output bytes — through
+//
+//   source -> limiter -> read -> dequantize -> write --(token back)--> limiter
+//
+// `read` asks the kernel for the item's input pages, `dequantize` turns them into output bytes
+// in a pooled buffer (copies skip it and are written straight from the input map), and `write`
+// puts the bytes at their final offset in the output shard, then releases the input pages and
+// hands the buffer back. The limiter admits only as many items as there are buffers, so the
+// bytes in flight are bounded by the memory budget whatever the model size; a 4 GB tensor is just
+// many items. Renaming happens at plan time (names live in the plan), so it needs no node.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "formats/writer.h"
+#include "pipeline/plan.h"
+
+namespace ckpt {
+
+struct ExecOptions {
+  unsigned threads = 0;                 // 0: all cores
+  uint64_t memory_budget = 1ull << 30;  // bytes of input + output held by items in flight
+  std::atomic<uint64_t>* progress = nullptr;  // output bytes written so far, if wanted
+};
+
+struct ExecStats {
+  uint64_t items = 0;
+  uint64_t chunk_bytes = 0;   // output bytes per item (at most)
+  uint64_t buffers = 0;       // items admitted at once
+  double read_s = 0, transform_s = 0, write_s = 0;  // summed over threads
+  unsigned threads = 0;
+};
+
+// The chunk size and number of items in flight chosen for a budget and thread count.
+void size_pipeline(uint64_t memory_budget, unsigned threads, uint64_t& chunk_bytes, uint64_t& items);
+
+ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardWriter>>& writers,
+                  const ExecOptions& options);
+
+}  // namespace ckpt

@@ -1,0 +1,38 @@
+// Helpers shared by the tests: scratch directories, byte-level safetensors construction, and
+// running the CLI binary.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace ckpt::test {
+
+// A fresh empty directory under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A safetensors file's bytes from a raw header text and a data buffer: 8-byte little-endian
+// length, the header as given (no padding added), then `data`.
+std::string safetensors_bytes(const std::string& header, const std::string& data);
+void write_bytes(const std::filesystem::path& path, const std::string& bytes);
+std::string read_bytes(const std::filesystem::path& path);
+
+struct RunResult {
+  int exit_code;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+// Runs the ckptconv binary with `args` (shell-quoted by the caller where needed).
+RunResult run_cli(const std::string& args);
+
+}  // namespace ckpt::test

@@ -1,0 +1,119 @@
+#include "transforms/kernels.h"
+
+#include <array>
+#include <cstdlib>
+#include <cstring>
+
+#include "transforms/kernels_impl.h"
+
+namespace ckpt {
+
+namespace detail {
+const KernelTable& avx2_table();
+const KernelTable& avx512_table();
+}  // namespace detail
+
+namespace {
+
+struct Lut {
+  std::array<float, 256> v[2];
+  Lut() {
+    for (int c = 0; c < 256; ++c) {
+      v[0][c] = fp8_to_float(static_cast<uint8_t>(c), Fp8::E4M3);
+      v[1][c] = fp8_to_float(static_cast<uint8_t>(c), Fp8::E5M2);
+    }
+  }
+};
+const Lut& lut() {
+  static const Lut l;
+  return l;
+}
+
+struct ToBf16 {
+  using T = uint16_t;
+  static T cvt(float f) { return float_to_bf16(f); }
+};
+struct ToF16 {
+  using T = uint16_t;
+  static T cvt(float f) { return float_to_f16(f); }
+};
+struct ToF32 {
+  using T = float;
+  static T cvt(float f) { return f; }
+};
+
+template <Fp8 F, typename Out>
+struct ScalarSpan {
+  static void run(const uint8_t* s, size_t n, float scale, typename Out::T* d) {
+    const float* t = lut().v[static_cast<int>(F)].data();
+    for (size_t i = 0; i < n; ++i) d[i] = Out::cvt(t[s[i]] * scale);
+  }
+};
+
+const KernelTable kScalar{
+    Isa::Scalar,
+    {{detail::dequant_row<ScalarSpan<Fp8::E4M3, ToBf16>, uint16_t>,
+      detail::dequant_row<ScalarSpan<Fp8::E4M3, ToF16>, uint16_t>,
+      detail::dequant_row<ScalarSpan<Fp8::E4M3, ToF32>, float>},
+     {detail::dequant_row<ScalarSpan<Fp8::E5M2, ToBf16>, uint16_t>,
+      detail::dequant_row<ScalarSpan<Fp8::E5M2, ToF16>, uint16_t>,
+      detail::dequant_row<ScalarSpan<Fp8::E5M2, ToF32>, float>}}};
+
+bool cpu_has(Isa isa) {
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::Scalar: return true;
+    case Isa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Isa::Avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("f16c");
+  }
+  return false;
+}
+
+const KernelTable& choose() {
+  Isa best = cpu_has(Isa::Avx512) ? Isa::Avx512 : cpu_has(Isa::Avx2) ? Isa::Avx2 : Isa::Scalar;
+  if (const char* want = std::getenv("CKPT_ISA")) {
+    for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+      if (isa_name(i) == want && cpu_has(i)) best = i;
+  }
+  return *kernels_for(best);
+}
+
+}  // namespace
+
+std::string_view isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "?";
+}
+
+const KernelTable* kernels_for(Isa isa) {
+  if (!cpu_has(isa)) return nullptr;
+  switch (isa) {
+    case Isa::Scalar: return &kScalar;
+    case Isa::Avx2: return &detail::avx2_table();
+    case Isa::Avx512: return &detail::avx512_table();
+  }
+  return nullptr;
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> out;
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+    if (cpu_has(i)) out.push_back(i);
+  return out;
+}
+
+const KernelTable& kernels() {
+  static const KernelTable& t = choose();
+  return t;
+}
+
+}  // namespace ckpt

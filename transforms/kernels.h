@@ -1,0 +1,41 @@
+// Vectorised dequantization kernels with run-time instruction-set dispatch.
+//
+// The one primitive is a row segment: for j in [0, n)
+//     dst[j] = round(float32(decode(src[j])) * scales[(phase + j) / block])
+// which covers all three schemes of SPEC §2 — per-tensor (one scale, block = whole row),
+// 128×128 blocks (block = 128, the scale row picked by the caller) and MXFP8 (block = 32) — and
+// ragged edges. Every ISA variant produces the same bits as the scalar one (tested over all 256
+// codes); `kernels()` picks the widest the CPU supports, or the one named by the environment
+// variable CKPT_ISA (scalar | avx2 | avx512) when that is supported.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "formats/dtype.h"
+#include "transforms/fp8.h"
+
+namespace ckpt {
+
+enum class Isa : uint8_t { Scalar, Avx2, Avx512 };
+std::string_view isa_name(Isa isa);
+
+using DequantRowFn = void (*)(const uint8_t* src, size_t n, const float* scales, size_t block,
+                              size_t phase, void* dst);
+
+struct KernelTable {
+  Isa isa;
+  DequantRowFn dequant[2][3];  // [Fp8][OutType]
+  DequantRowFn get(Fp8 f, OutType o) const {
+    return dequant[static_cast<int>(f)][static_cast<int>(o)];
+  }
+};
+
+const KernelTable& kernels();
+// The table for one ISA, or nullptr when this CPU (or this build) lacks it.
+const KernelTable* kernels_for(Isa isa);
+std::vector<Isa> supported_isas();
+
+}  // namespace ckpt
