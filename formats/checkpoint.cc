@@ -47,6 +47,7 @@ std::vector<std::pair<std::string, std::string>> read_weight_map(const fs::path&
                  index_path.string(), k, file);
     out.emplace_back(std::string(k), std::string(file));
   }
+  if (out.empty()) fail_input("{}: weight_map lists no tensors", index_path.string());
   return out;
 }
 

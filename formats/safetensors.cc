@@ -90,19 +90,19 @@ Header parse_header(const uint8_t* bytes, uint64_t available, uint64_t file_size
     fail_input("{}: header does not start with a JSON object '{{'", file);
   if (!simdjson::validate_utf8(text, n)) fail_input("{}: header is not valid UTF-8", file);
 
+  // Valid JSON that starts with '{' is an object, so parsing is the last check of the shape.
   simdjson::dom::parser parser;
-  simdjson::dom::element doc;
-  if (auto err = parser.parse(text, n).get(doc))
-    fail_input("{}: header is not valid JSON: {}", file, simdjson::error_message(err));
   simdjson::dom::object root;
-  if (doc.get_object().get(root)) fail_input("{}: header is not a JSON object", file);
+  if (auto err = parser.parse(text, n).get_object().get(root))
+    fail_input("{}: header is not valid JSON: {}", file, simdjson::error_message(err));
 
   Header h;
   h.data_start = 8 + n;
   const uint64_t data_size = file_size - h.data_start;
   std::unordered_set<std::string_view> seen;
   for (auto [key, value] : root) {
-    if (!seen.insert(key).second) fail_input("{}: duplicate tensor name '{}'", file, key);
+    if (!seen.insert(key).second)
+      fail_input("{}: duplicate {} '{}'", file, key == "__metadata__" ? "key" : "tensor name", key);
     if (key == "__metadata__") {
       simdjson::dom::object meta;
       if (value.get_object().get(meta))

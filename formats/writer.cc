@@ -36,6 +36,8 @@ ShardLayout layout_shard(std::string file_name, std::vector<OutTensor> tensors) 
   rel.reserve(l.tensors.size());
   for (const auto& t : l.tensors) {
     const uint64_t n = t.nbytes();
+    if (t.name == "__metadata__")
+      fail_input("output tensor '__metadata__' would collide with the header's metadata in {}", l.file_name);
     if (!names.insert(t.name).second)
       fail_input("output tensor '{}' appears twice in {}", t.name, l.file_name);
     h += ',';
@@ -154,6 +156,7 @@ void write_file_atomic(const fs::path& path, const std::string& content) {
     ::unlink(tmp.c_str());
     fail_io_errno(err, fmt::format("{}: rename", path.string()));
   }
+  fsync_dir(path.parent_path());
 }
 
 std::string index_json(const std::vector<ShardLayout>& shards) {
@@ -162,6 +165,8 @@ std::string index_json(const std::vector<ShardLayout>& shards) {
   nlohmann::json wm = nlohmann::json::object();  // sorted by name, as the hub's indexes are
   for (const auto& s : shards)
     for (const auto& t : s.tensors) {
+      if (wm.contains(t.name))
+        fail_input("output tensor '{}' is in both {} and {}", t.name, wm[t.name].get<std::string>(), s.file_name);
       total += t.nbytes();
       wm[t.name] = s.file_name;
     }
