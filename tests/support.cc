@@ -63,3 +63,22 @@ RunResult run_cli(const std::string& args) {
 }
 
 }  // namespace ckpt::test
+
+#include "formats/writer.h"
+
+namespace ckpt::test {
+
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorSpec>& tensors) {
+  std::vector<OutTensor> outs;
+  for (const auto& t : tensors) outs.push_back({t.name, t.dtype, t.shape});
+  const ShardLayout layout = layout_shard(path.filename().string(), outs);
+  ShardWriter w(path.parent_path(), layout);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].bytes.size() != outs[i].nbytes())
+      throw std::runtime_error("TensorSpec '" + tensors[i].name + "' has the wrong number of bytes");
+    w.write(layout.offsets[i], tensors[i].bytes.data(), tensors[i].bytes.size());
+  }
+  w.commit();
+}
+
+}  // namespace ckpt::test

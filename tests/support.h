@@ -36,3 +36,25 @@ struct RunResult {
 RunResult run_cli(const std::string& args);
 
 }  // namespace ckpt::test
+
+#include "formats/dtype.h"
+
+namespace ckpt::test {
+
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  std::vector<uint64_t> shape;
+  std::string bytes;  // exactly the tensor's size
+};
+
+// Writes `tensors` as one safetensors file at `path` (through the library's writer).
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorSpec>& tensors);
+
+// Little-endian bytes of a value array, for building TensorSpec::bytes.
+template <typename T>
+std::string le_bytes(const std::vector<T>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+}  // namespace ckpt::test

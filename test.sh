@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test: the Catch2 suite through ctest, then the
+# shared conformance cases (when ../shared/conformance exists) through the CLI.
+set -euo pipefail
+cd "$(dirname "$0")"
+source .ci/deps.sh
+ckpt_install_deps
+ckpt_build
+(cd build && ctest --output-on-failure -j"$(nproc)")
+if [ -x ../shared/conformance/run.sh ]; then
+  # Directions this build implements; the rest arrive with the model-family rules.
+  ../shared/conformance/run.sh build/ckptconv '\.dequant'
+fi
