@@ -117,18 +117,28 @@ int main(int argc, char** argv) {
   auto* conv = app.add_subcommand("convert", "Convert a checkpoint (HF -> native, native -> HF, or FP8 -> dequantized HF)");
   conv->add_option("--in", ca.in, "Input checkpoint: a directory of shards or one .safetensors file")->required();
   conv->add_option("--out", ca.out, "Output directory (created; must be empty unless --overwrite)")->required();
-  conv->add_option("--family", ca.family, "Model family, or auto to read config.json")->capture_default_str();
+  std::vector<std::string> families{"auto"};
+  for (const auto& f : synth_families()) families.push_back(f);
+  conv->add_option("--family", ca.family, "Model family, or auto to read config.json")
+      ->capture_default_str()
+      ->check(CLI::IsMember(families));
   conv->add_option("--to", ca.to, "Direction: dequant (FP8 weights to --dtype, names unchanged), native, hf")
       ->capture_default_str();
   conv->add_option("--dtype", ca.dtype, "Output dtype of dequantized weights: bf16, f16, f32")->capture_default_str();
   conv->add_option("--ep-rank", ca.ep_rank, "Expert-parallel rank to write (with --ep-size)");
   conv->add_option("--ep-size", ca.ep_size, "Expert-parallel world size");
-  conv->add_option("--mtp", ca.mtp, "Multi-token-prediction layers: auto, on, off")->capture_default_str();
-  conv->add_option("--quantize", ca.quantize, "FP8 export for --to hf: none, placeholder, real")->capture_default_str();
+  conv->add_option("--mtp", ca.mtp, "Multi-token-prediction layers: auto, on, off")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  conv->add_option("--quantize", ca.quantize, "FP8 export for --to hf: none, placeholder, real")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "placeholder", "real"}));
   conv->add_option("--max-shard-size", ca.max_shard, "Largest output shard (e.g. 5GB, 512MiB)")->capture_default_str();
   conv->add_option("--threads", ca.threads, "Worker threads (0: all cores)")->capture_default_str();
   conv->add_option("--memory-budget", ca.budget, "Bytes in flight at once (e.g. 1GiB, 256MiB)")->capture_default_str();
-  conv->add_option("--device", ca.device, "Where to dequantize: auto, cpu, cuda")->capture_default_str();
+  conv->add_option("--device", ca.device, "Where to dequantize: auto, cpu, cuda")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   conv->add_flag("--overwrite", ca.overwrite, "Replace the checkpoint in a non-empty --out");
   conv->add_flag("--json", ca.json, "Print a JSON summary of the run on stdout");
 

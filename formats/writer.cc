@@ -83,6 +83,15 @@ void pwrite_all(int fd, const void* data, uint64_t len, uint64_t offset, const f
   }
 }
 
+// A rename onto `path` can only fail late if something other than a file is in its way: refuse
+// that up front, before any output is published.
+void check_replaceable(const fs::path& path) {
+  std::error_code ec;
+  const auto st = fs::symlink_status(path, ec);
+  if (!ec && fs::exists(st) && !fs::is_regular_file(st))
+    fail(ErrorKind::Io, "{}: exists and is not a regular file", path.string());
+}
+
 void fsync_dir(const fs::path& dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;
@@ -93,6 +102,7 @@ void fsync_dir(const fs::path& dir) {
 
 ShardWriter::ShardWriter(const fs::path& dir, const ShardLayout& layout)
     : final_(dir / layout.file_name), temp_(temp_path_for(final_)) {
+  check_replaceable(final_);
   fd_ = ::open(temp_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) fail_io_errno(errno, fmt::format("{}: cannot create", temp_.string()));
   try {
@@ -138,25 +148,40 @@ void ShardWriter::commit() {
   fsync_dir(final_.parent_path());
 }
 
-void write_file_atomic(const fs::path& path, const std::string& content) {
-  const fs::path tmp = temp_path_for(path);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail_io_errno(errno, fmt::format("{}: cannot create", tmp.string()));
+StagedFile::StagedFile(fs::path final_path, const std::string& content)
+    : final_(std::move(final_path)), temp_(temp_path_for(final_)) {
+  check_replaceable(final_);
+  const int fd = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail_io_errno(errno, fmt::format("{}: cannot create", temp_.string()));
   try {
-    pwrite_all(fd, content.data(), content.size(), 0, tmp);
-    if (::fsync(fd) != 0) fail_io_errno(errno, fmt::format("{}: fsync", tmp.string()));
+    pwrite_all(fd, content.data(), content.size(), 0, temp_);
+    if (::fsync(fd) != 0) fail_io_errno(errno, fmt::format("{}: fsync", temp_.string()));
   } catch (...) {
     ::close(fd);
-    ::unlink(tmp.c_str());
+    ::unlink(temp_.c_str());
     throw;
   }
   ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    fail_io_errno(err, fmt::format("{}: rename", path.string()));
-  }
-  fsync_dir(path.parent_path());
+}
+
+StagedFile::StagedFile(StagedFile&& o) noexcept
+    : final_(std::move(o.final_)), temp_(std::move(o.temp_)), done_(o.done_) {
+  o.done_ = true;
+}
+
+StagedFile::~StagedFile() {
+  if (!done_) ::unlink(temp_.c_str());
+}
+
+void StagedFile::commit() {
+  if (::rename(temp_.c_str(), final_.c_str()) != 0)
+    fail_io_errno(errno, fmt::format("{}: rename to {}", temp_.string(), final_.string()));
+  done_ = true;
+  fsync_dir(final_.parent_path());
+}
+
+void write_file_atomic(const fs::path& path, const std::string& content) {
+  StagedFile(path, content).commit();
 }
 
 std::string index_json(const std::vector<ShardLayout>& shards) {

@@ -65,6 +65,21 @@ class ShardWriter {
 // Writes `content` to `path` atomically (temporary file, fsync, rename).
 void write_file_atomic(const std::filesystem::path& path, const std::string& content);
 
+// A small file written and synced under its temporary name, published by `commit` (a rename).
+// Lets a conversion prepare every side file before the first shard appears under a final name.
+class StagedFile {
+ public:
+  StagedFile(std::filesystem::path final_path, const std::string& content);
+  ~StagedFile();  // removes the temporary file unless committed
+  StagedFile(StagedFile&&) noexcept;
+  StagedFile(const StagedFile&) = delete;
+  void commit();
+
+ private:
+  std::filesystem::path final_, temp_;
+  bool done_ = false;
+};
+
 // model.safetensors.index.json for the given shards.
 std::string index_json(const std::vector<ShardLayout>& shards);
 

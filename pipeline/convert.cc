@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <optional>
 
 #include "formats/checkpoint.h"
 #include "formats/error.h"
@@ -57,27 +58,30 @@ void check_free_space(const fs::path& dir, const Plan& plan) {
          dir.string(), need, avail);
 }
 
-void write_config(const Checkpoint& ck, const Plan& plan, const fs::path& out) {
-  if (!ck.config()) return;
+// config.json for the output: after dequantization `quantization_config` goes and `torch_dtype`
+// names the output dtype, at the top level and in a VLM's `text_config`.
+std::optional<std::string> output_config(const Checkpoint& ck, const Plan& plan) {
+  if (!ck.config()) return std::nullopt;
   nlohmann::ordered_json cfg = *ck.config();
   if (plan.dequantized > 0) {
     const std::string dtype(torch_dtype_name(plan.dtype));
-    for (auto* scope : {&cfg, cfg.contains("text_config") ? &cfg["text_config"] : nullptr}) {
-      if (!scope || !scope->is_object()) continue;
-      scope->erase("quantization_config");
-      if (scope == &cfg || scope->contains("torch_dtype")) (*scope)["torch_dtype"] = dtype;
+    // The nested object first: ordered_json keeps members in a vector, so editing the outer
+    // object moves the inner one.
+    if (cfg.contains("text_config") && cfg["text_config"].is_object()) {
+      auto& text = cfg["text_config"];
+      text.erase("quantization_config");
+      if (text.contains("torch_dtype")) text["torch_dtype"] = dtype;
     }
+    cfg.erase("quantization_config");
+    cfg["torch_dtype"] = dtype;
   }
-  write_file_atomic(out / "config.json", cfg.dump(2) + "\n");
+  return cfg.dump(2) + "\n";
 }
 
-void copy_side_files(const Checkpoint& ck, const fs::path& out) {
-  for (const auto& f : ck.side_files()) {
-    std::ifstream in(f, std::ios::binary);
-    if (!in) fail(ErrorKind::Io, "{}: cannot read", f.string());
-    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    write_file_atomic(out / f.filename(), content);
-  }
+std::string read_file(const fs::path& f) {
+  std::ifstream in(f, std::ios::binary);
+  if (!in) fail(ErrorKind::Io, "{}: cannot read", f.string());
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 }  // namespace
@@ -106,15 +110,23 @@ ConvertSummary convert(const ConvertOptions& opt) {
     eo.progress = &progress.counter();
     sum.exec = execute(plan, writers, eo);
   }
-  if (opt.overwrite)  // remove the previous checkpoint's weights only now that ours are ready
-    for (const auto& e : fs::directory_iterator(opt.out))
-      if (e.is_regular_file() && is_our_output(e.path())) fs::remove(e.path());
-  for (auto& w : writers) w->commit();
-  sum.execute_s = since(t1);
+  // Everything else is staged before the first shard is published, so that what can fail has
+  // failed while nothing is under a final name; the index, published last, marks completion.
+  std::vector<StagedFile> staged;
+  for (const auto& f : ck.side_files()) staged.emplace_back(opt.out / f.filename(), read_file(f));
+  const auto config = output_config(ck, plan);
+  if (config) staged.emplace_back(opt.out / "config.json", *config);
+  std::optional<StagedFile> index;
+  if (plan.shards.size() > 1) index.emplace(opt.out / kIndexName, index_json(plan.shards));
 
-  copy_side_files(ck, opt.out);
-  write_config(ck, plan, opt.out);
-  if (plan.shards.size() > 1) write_file_atomic(opt.out / kIndexName, index_json(plan.shards));
+  if (opt.overwrite)  // the previous checkpoint goes only now that ours is ready
+    for (const auto& e : fs::directory_iterator(opt.out))
+      if (e.is_regular_file() && (is_our_output(e.path()) || (!config && e.path().filename() == "config.json")))
+        fs::remove(e.path());
+  for (auto& w : writers) w->commit();
+  for (auto& f : staged) f.commit();
+  if (index) index->commit();
+  sum.execute_s = since(t1);
 
   sum.input_tensors = ck.tensors().size();
   sum.output_tensors = plan.tensors.size();

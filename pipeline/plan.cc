@@ -142,7 +142,7 @@ uint64_t parse_size(std::string_view text, std::string_view option) {
       {"GIB", 1073741824.0}, {"T", 1e12}, {"TB", 1e12},      {"TIB", 1099511627776.0}};
   for (const auto& [name, m] : kUnits)
     if (unit == name) mult = m;
-  if (mult == 0 || !(value > 0) || value * mult > 1.8e19)
+  if (mult == 0 || !(value * mult >= 1) || value * mult > 1.8e19)
     fail_usage("{}: '{}' is not a positive size (examples: 5GB, 512MiB, 1048576)", option, text);
   return static_cast<uint64_t>(std::llround(value * mult));
 }

@@ -63,7 +63,7 @@ DequantScheme detect_scheme(const TensorInfo& w, const TensorInfo& s, BlockSize 
     return d;
   }
   if (!number_scale) misfit("scale dtype must be F32, BF16, F16, U8 or F8_E8M0");
-  if (s.numel() == 1 && s.shape.size() <= 1) {
+  if (s.numel() == 1) {  // 0-d, [1], [1, 1]…: one number for the whole tensor
     d.kind = ScaleScheme::PerTensor;
     d.block_rows = d.rows == 0 ? 1 : d.rows;
     d.block_cols = d.cols == 0 ? 1 : d.cols;

@@ -2,7 +2,7 @@
 // shape alone (SPEC §2):
 //   U8 / F8_E8M0 scale of shape [out, ceil(in/32)]        -> MXFP8 1×32 (raw exponents, never
 //                                                            read as plain numbers)
-//   F32 / BF16 / F16 scale with one element (0-d or [1])  -> per-tensor
+//   F32 / BF16 / F16 scale with one element (0-d, [1]…)    -> per-tensor
 //   F32 / BF16 / F16 scale [ceil(out/B0), ceil(in/B1)]     -> block B0×B1 (128×128 unless the
 //                                                            config's weight_block_size says
 //                                                            otherwise)
