@@ -28,28 +28,26 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
 }
 
 namespace {
-// The map starts on a page boundary, so file offsets round to pages directly. `release` keeps to
-// whole pages inside the range (a neighbouring work item may still read the rest of a shared page);
-// `prefetch` may widen, which is harmless for a hint.
-void advise(const uint8_t* base, uint64_t size, uint64_t offset, uint64_t len, int advice,
-            bool inner) {
+// The map starts on a page boundary, so file offsets round to pages directly; both hints cover
+// every page the range touches. Dropping a page that a neighbouring work item still reads is
+// safe — the map is read-only and file-backed, so the next access re-faults it from the page
+// cache — while keeping partial pages would leave one resident per item boundary, a resident set
+// that grows with the model.
+void advise(const uint8_t* base, uint64_t size, uint64_t offset, uint64_t len, int advice) {
   if (!base || offset >= size || len == 0) return;
   if (len > size - offset) len = size - offset;
   static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  uint64_t begin = inner ? (offset + page - 1) / page * page : offset / page * page;
-  uint64_t end = offset + len;
-  if (inner && end != size) end = end / page * page;  // the file's last page is nobody else's
-  if (end <= begin) return;
-  madvise(const_cast<uint8_t*>(base + begin), end - begin, advice);
+  const uint64_t begin = offset / page * page;
+  madvise(const_cast<uint8_t*>(base + begin), offset + len - begin, advice);
 }
 }  // namespace
 
 void MappedFile::prefetch(uint64_t offset, uint64_t len) const {
-  advise(data_, size_, offset, len, MADV_WILLNEED, false);
+  advise(data_, size_, offset, len, MADV_WILLNEED);
 }
 
 void MappedFile::release(uint64_t offset, uint64_t len) const {
-  advise(data_, size_, offset, len, MADV_DONTNEED, true);
+  advise(data_, size_, offset, len, MADV_DONTNEED);
 }
 
 }  // namespace ckpt

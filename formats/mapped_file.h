@@ -22,8 +22,9 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
 
-  // Advice on [offset, offset+len): `prefetch` asks for read-ahead, `release` drops the pages
-  // from this process's mapping (they stay in the page cache). Both are hints and never fail.
+  // Advice on the pages of [offset, offset+len): `prefetch` asks for read-ahead, `release` drops
+  // them from this process's mapping (they stay in the page cache, and a later read of them
+  // simply faults them back in). Both are hints and never fail.
   void prefetch(uint64_t offset, uint64_t len) const;
   void release(uint64_t offset, uint64_t len) const;
 

@@ -99,6 +99,20 @@ void dequantize(const PlannedTensor& t, uint64_t first, uint64_t last, uint8_t* 
   }
 }
 
+// Drops the input pages an item has consumed — its weight rows and their scale-grid rows — so
+// the resident set follows the items in flight, not the bytes converted so far.
+void release_inputs(const PlannedTensor& t, uint64_t first, uint64_t last) {
+  const TensorRef& in = t.src.input;
+  const uint64_t ies = input_elem_size(t.src);
+  in.file->map().release(in.file->file_offset(*in.info) + first * ies, (last - first) * ies);
+  if (t.src.op != Op::Dequant) return;
+  const DequantScheme& d = t.src.scheme;
+  const TensorRef& sc = t.src.scale;
+  const uint64_t ses = dtype_size(sc.info->dtype);
+  const uint64_t g0 = first / d.cols / d.block_rows, g1 = (last - 1) / d.cols / d.block_rows + 1;
+  sc.file->map().release(sc.file->file_offset(*sc.info) + g0 * d.grid_cols * ses, (g1 - g0) * d.grid_cols * ses);
+}
+
 }  // namespace
 
 void size_pipeline(uint64_t budget, unsigned threads, uint64_t& chunk_bytes, uint64_t& items) {
@@ -180,8 +194,7 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardWrite
           const uint64_t len = (it.last - it.first) * es;
           const uint8_t* bytes = it.buffer ? it.buffer : t.src.input.file->data(*t.src.input.info) + it.first * es;
           writers[t.shard]->write(t.offset + it.first * es, bytes, len);
-          t.src.input.file->map().release(t.src.input.file->file_offset(*t.src.input.info) + it.first * ies,
-                                         (it.last - it.first) * ies);
+          release_inputs(t, it.first, it.last);
           if (opt.progress) *opt.progress += len;
           ++items;
         } catch (...) {
