@@ -10,7 +10,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ck=build/ckptconv
 $ck synth --family minimax_m2 --out "$work/fp8" --layers 4 --experts 8 --hidden 512 --inter 256 --shards 3
-$ck inspect "$work/fp8" | tail -n 7
+$ck inspect "$work/fp8" | sed -n "/tensors in/,\$p"
 $ck convert --in "$work/fp8" --out "$work/bf16" --to dequant --dtype bf16
-$ck inspect "$work/bf16" | tail -n 6
+$ck inspect "$work/bf16" | sed -n "/tensors in/,\$p"
 echo "sample converted: $(ls "$work/bf16" | tr '\n' ' ')"

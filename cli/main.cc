@@ -60,7 +60,8 @@ int run_convert(const ConvertArgs& a) {
         {"input_bytes", s.input_bytes}, {"output_bytes", s.output_bytes},
         {"plan_seconds", s.plan_s}, {"execute_seconds", s.execute_s}, {"total_seconds", s.total_s},
         {"output_gb_per_s", gbps}, {"peak_rss_bytes", s.peak_rss_bytes}, {"threads", s.exec.threads},
-        {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers}, {"isa", s.isa},
+        {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers},
+        {"buffers_allocated", s.exec.buffers_allocated}, {"isa", s.isa},
         {"stage_seconds", {{"read", s.exec.read_s}, {"dequantize", s.exec.transform_s}, {"write", s.exec.write_s}}}};
     std::cout << j.dump(2) << "\n";
   } else {

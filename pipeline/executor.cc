@@ -39,6 +39,10 @@ class BufferPool {
     return owned_.back().get();
   }
   void release(uint8_t* b) { free_.push(b); }
+  size_t allocated() {
+    std::lock_guard lock(mu_);
+    return owned_.size();
+  }
 
  private:
   struct Free {
@@ -214,6 +218,7 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardWrite
   });
   if (first_error) std::rethrow_exception(first_error);
   stats.items = items;
+  stats.buffers_allocated = pool.allocated();
   stats.read_s = static_cast<double>(read_ns) * 1e-9;
   stats.transform_s = static_cast<double>(transform_ns) * 1e-9;
   stats.write_s = static_cast<double>(write_ns) * 1e-9;

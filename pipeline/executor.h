@@ -31,6 +31,7 @@ struct ExecStats {
   uint64_t items = 0;
   uint64_t chunk_bytes = 0;   // output bytes per item (at most)
   uint64_t buffers = 0;       // items admitted at once
+  uint64_t buffers_allocated = 0;  // output buffers the run actually needed (<= buffers)
   double read_s = 0, transform_s = 0, write_s = 0;  // summed over threads
   unsigned threads = 0;
 };
