@@ -8,10 +8,13 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <deque>
 #include <mutex>
 
 #include "formats/error.h"
+#include "transforms/cast.h"
 #include "transforms/kernels.h"
+#include "transforms/transpose.h"
 
 namespace ckpt {
 
@@ -24,6 +27,7 @@ struct Item {
   uint32_t tensor = 0;
   uint64_t first = 0, last = 0;  // element range [first, last) of the output tensor
   uint8_t* buffer = nullptr;
+  std::atomic<uint32_t>* segment_left = nullptr;  // items of this item's segment not yet written
 };
 
 // Reusable output buffers: allocated on first use, then recycled, so the hot path never touches
@@ -63,58 +67,113 @@ struct StageTimer {
   }
 };
 
-uint64_t input_elem_size(const Source& s) { return dtype_size(s.input.info->dtype); }
+bool any_transposed(const PlannedTensor& t) {
+  for (const auto& p : t.pieces)
+    if (p.transpose) return true;
+  return false;
+}
 
-// Output elements per item for one tensor: whole rows where a row fits in a chunk, so scale rows
-// are looked up once per row; otherwise slices of a row.
+// Output elements per item: whole rows where a row fits in a chunk (transposed pieces need whole
+// rows), otherwise slices of a row aligned to the scale blocks.
 uint64_t item_elems(const PlannedTensor& t, uint64_t chunk_bytes) {
-  const uint64_t es = dtype_size(t.out.dtype);
-  uint64_t elems = std::max<uint64_t>(1, chunk_bytes / es);
-  if (t.src.op == Op::Dequant) {
-    const uint64_t cols = std::max<uint64_t>(1, t.src.scheme.cols);
-    if (cols <= elems) return elems / cols * cols;
-    const uint64_t bc = t.src.scheme.block_cols;
-    if (bc <= elems) return elems / bc * bc;
-  }
-  return elems;
+  const uint64_t elems = std::max<uint64_t>(1, chunk_bytes / dtype_size(t.out.dtype));
+  if (t.is_copy()) return elems;
+  const uint64_t len = std::max<uint64_t>(1, t.row_len);
+  if (len <= elems || any_transposed(t)) return std::max<uint64_t>(1, elems / len) * len;
+  const uint64_t bc = t.pieces[0].scale.info ? t.pieces[0].scheme.block_cols : 1;
+  return bc <= elems ? elems / bc * bc : elems;
 }
 
-// out[0 .. last-first) = dequantize(input elements [first, last)).
-void dequantize(const PlannedTensor& t, uint64_t first, uint64_t last, uint8_t* out,
-                std::vector<float>& scales) {
-  const Source& s = t.src;
-  const DequantScheme& d = s.scheme;
-  const uint8_t* w = s.input.file->data(*s.input.info);
-  const uint8_t* grid = s.scale.file->data(*s.scale.info);
-  const DequantRowFn fn = kernels().get(s.format, t.out.dtype == DType::BF16 ? OutType::BF16
-                                                  : t.out.dtype == DType::F16 ? OutType::F16
-                                                                              : OutType::F32);
+const uint8_t* input_at(const Piece& p, uint64_t row, uint64_t col) {
+  return p.input.file->data(*p.input.info) + (row * p.in_cols + col) * dtype_size(p.input.info->dtype);
+}
+
+// dst[0..n) = input (row, col .. col+n) converted to `out`: dequantized under the piece's scale
+// grid, or cast.
+void convert_run(const Piece& p, uint64_t row, uint64_t col, uint64_t n, DType out, void* dst,
+                 std::vector<float>& scales) {
+  const uint8_t* src = input_at(p, row, col);
+  if (!p.scale.info) {
+    cast_run(src, p.input.info->dtype, n, dst, out);
+    return;
+  }
+  const DequantScheme& d = p.scheme;
+  const uint8_t* grid = p.scale.file->data(*p.scale.info);
+  const uint64_t g0 = col / d.block_cols, g1 = (col + n - 1) / d.block_cols + 1;
+  const uint64_t grow = (row / d.block_rows) * d.grid_cols;
+  scales.resize(g1 - g0);
+  for (uint64_t g = g0; g < g1; ++g) scales[g - g0] = scale_value(d.scale_dtype, grid, grow + g);
+  const OutType o = out == DType::BF16 ? OutType::BF16 : out == DType::F16 ? OutType::F16 : OutType::F32;
+  kernels().get(p.format, o)(src, n, scales.data(), d.block_cols, col % d.block_cols, dst);
+}
+
+struct Scratch {
+  std::vector<float> scales;
+  std::vector<uint8_t> tile;
+};
+
+// Writes output elements [first, last) of `t` into `out`.
+void produce(const PlannedTensor& t, uint64_t first, uint64_t last, uint8_t* out, Scratch& s) {
   const uint64_t es = dtype_size(t.out.dtype);
-  uint64_t e = first;
-  while (e < last) {
-    const uint64_t row = e / d.cols, col = e % d.cols;
-    const uint64_t len = std::min(d.cols - col, last - e);
-    const uint64_t g0 = col / d.block_cols, g1 = (col + len - 1) / d.block_cols + 1;
-    const uint64_t grow = (row / d.block_rows) * d.grid_cols;
-    scales.resize(g1 - g0);
-    for (uint64_t g = g0; g < g1; ++g) scales[g - g0] = scale_value(d.scale_dtype, grid, grow + g);
-    fn(w + e, len, scales.data(), d.block_cols, col % d.block_cols, out + (e - first) * es);
-    e += len;
+  const uint64_t len = t.row_len;
+  for (const Piece& p : t.pieces) {
+    const uint64_t pr0 = p.out_row0, pr1 = p.out_row0 + p.out_rows();
+    const uint64_t r_lo = std::max(pr0, first / len), r_hi = std::min(pr1, (last - 1) / len + 1);
+    if (r_lo >= r_hi) continue;
+    if (!p.transpose) {
+      for (uint64_t r = r_lo; r < r_hi; ++r) {
+        const uint64_t c_lo = std::max(p.out_col0, r == first / len ? first % len : 0);
+        const uint64_t row_end = r == (last - 1) / len ? (last - 1) % len + 1 : len;
+        const uint64_t c_hi = std::min(p.out_col0 + p.out_cols(), row_end);
+        if (c_lo >= c_hi) continue;
+        convert_run(p, p.in_row0 + (r - pr0), p.in_col0 + (c_lo - p.out_col0), c_hi - c_lo, t.out.dtype,
+                    out + (r * len + c_lo - first) * es, s.scales);
+      }
+      continue;
+    }
+    // Transposed: output rows [r_lo, r_hi) are input columns; walk the input rows in tiles,
+    // convert each tile's band of columns, then transpose it into place.
+    constexpr uint64_t kTile = 32;
+    const uint64_t w = r_hi - r_lo;
+    s.tile.resize(kTile * w * es);
+    for (uint64_t i0 = 0; i0 < p.rows; i0 += kTile) {
+      const uint64_t n = std::min(kTile, p.rows - i0);
+      for (uint64_t i = 0; i < n; ++i)
+        convert_run(p, p.in_row0 + i0 + i, p.in_col0 + (r_lo - pr0), w, t.out.dtype, s.tile.data() + i * w * es, s.scales);
+      transpose_tile(s.tile.data(), n, w, w, out + (r_lo * len + p.out_col0 + i0 - first) * es, len, es);
+    }
   }
 }
 
-// Drops the input pages an item has consumed — its weight rows and their scale-grid rows — so
-// the resident set follows the items in flight, not the bytes converted so far.
-void release_inputs(const PlannedTensor& t, uint64_t first, uint64_t last) {
-  const TensorRef& in = t.src.input;
-  const uint64_t ies = input_elem_size(t.src);
-  in.file->map().release(in.file->file_offset(*in.info) + first * ies, (last - first) * ies);
-  if (t.src.op != Op::Dequant) return;
-  const DequantScheme& d = t.src.scheme;
-  const TensorRef& sc = t.src.scale;
-  const uint64_t ses = dtype_size(sc.info->dtype);
-  const uint64_t g0 = first / d.cols / d.block_rows, g1 = (last - 1) / d.cols / d.block_rows + 1;
-  sc.file->map().release(sc.file->file_offset(*sc.info) + g0 * d.grid_cols * ses, (g1 - g0) * d.grid_cols * ses);
+// Drops input pages once consumed so that the resident set follows the items in flight, not the
+// bytes converted so far. Untransposed pieces release the input rows an item read; transposed ones
+// read whole input regions, released when the segment's last item is written.
+void release_rows(const Piece& p, uint64_t in_r0, uint64_t in_r1) {
+  const uint64_t es = dtype_size(p.input.info->dtype);
+  const auto& f = *p.input.file;
+  f.map().release(f.file_offset(*p.input.info) + in_r0 * p.in_cols * es, (in_r1 - in_r0) * p.in_cols * es);
+  if (!p.scale.info) return;
+  const DequantScheme& d = p.scheme;
+  const auto& sf = *p.scale.file;
+  const uint64_t ses = dtype_size(p.scale.info->dtype);
+  const uint64_t g0 = in_r0 / d.block_rows, g1 = (in_r1 - 1) / d.block_rows + 1;
+  sf.map().release(sf.file_offset(*p.scale.info) + g0 * d.grid_cols * ses, (g1 - g0) * d.grid_cols * ses);
+}
+
+void release_item(const PlannedTensor& t, uint64_t first, uint64_t last, bool segment_done) {
+  const uint64_t len = t.row_len;
+  const uint64_t row0 = first / len, row1 = (last - 1) / len + 1;
+  const uint64_t seg0 = t.segment_rows ? row0 / t.segment_rows * t.segment_rows : 0;
+  const uint64_t seg1 = t.segment_rows ? std::min(t.rows, seg0 + t.segment_rows) : t.rows;
+  for (const Piece& p : t.pieces) {
+    const uint64_t pr0 = p.out_row0, pr1 = p.out_row0 + p.out_rows();
+    if (!p.transpose) {
+      const uint64_t a = std::max(pr0, row0), b = std::min(pr1, row1);
+      if (a < b) release_rows(p, p.in_row0 + (a - pr0), p.in_row0 + (b - pr0));
+    } else if (segment_done && pr0 < seg1 && seg0 < pr1) {
+      release_rows(p, p.in_row0, p.in_row0 + p.rows);
+    }
+  }
 }
 
 }  // namespace
@@ -146,6 +205,7 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardWrite
 
   size_t next_tensor = 0;
   uint64_t next_elem = 0;
+  std::deque<std::atomic<uint32_t>> segment_left;  // stable addresses as it grows
   oneapi::tbb::task_arena arena(static_cast<int>(stats.threads));
   arena.execute([&] {
     flow::graph g;
@@ -158,8 +218,15 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardWrite
           next_elem = 0;
           continue;
         }
-        Item it{static_cast<uint32_t>(next_tensor), next_elem,
-                std::min(n, next_elem + item_elems(t, stats.chunk_bytes)), nullptr};
+        const uint64_t step = item_elems(t, stats.chunk_bytes);
+        const uint64_t seg_elems = (t.segment_rows ? t.segment_rows : t.rows) * t.row_len;
+        const uint64_t seg_end = std::min(n, (next_elem / seg_elems + 1) * seg_elems);
+        if (next_elem % seg_elems == 0) {  // a new segment: count its items
+          const uint64_t seg_items = (seg_end - next_elem + step - 1) / step;
+          segment_left.emplace_back(static_cast<uint32_t>(seg_items));
+        }
+        Item it{static_cast<uint32_t>(next_tensor), next_elem, std::min(seg_end, next_elem + step), nullptr,
+                &segment_left.back()};
         next_elem = it.last;
         return it;
       }
@@ -171,19 +238,25 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardWrite
       if (failed) return it;
       StageTimer timer{read_ns};
       const PlannedTensor& t = plan.tensors[it.tensor];
-      const uint64_t ies = input_elem_size(t.src);
-      t.src.input.file->map().prefetch(t.src.input.file->file_offset(*t.src.input.info) + it.first * ies,
-                                      (it.last - it.first) * ies);
+      for (const Piece& p : t.pieces) {  // read-ahead for the rows this item starts with
+        if (p.transpose) continue;
+        const uint64_t es = dtype_size(p.input.info->dtype);
+        const uint64_t r0 = it.first / t.row_len;
+        if (r0 < p.out_row0 || r0 >= p.out_row0 + p.rows) continue;
+        p.input.file->map().prefetch(p.input.file->file_offset(*p.input.info) +
+                                         (p.in_row0 + r0 - p.out_row0) * p.in_cols * es,
+                                     (it.last - it.first) * es);
+      }
       return it;
     });
     flow::function_node<Item, Item> transform(g, flow::unlimited, [&](Item it) {
       const PlannedTensor& t = plan.tensors[it.tensor];
-      if (failed || t.src.op == Op::Copy) return it;
+      if (failed || t.is_copy()) return it;
       StageTimer timer{transform_ns};
       try {
-        thread_local std::vector<float> scales;
+        thread_local Scratch scratch;
         it.buffer = pool.acquire();
-        dequantize(t, it.first, it.last, it.buffer, scales);
+        produce(t, it.first, it.last, it.buffer, scratch);
       } catch (...) {
         record(std::current_exception());
       }
@@ -194,11 +267,11 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardWrite
       if (!failed) {
         StageTimer timer{write_ns};
         try {
-          const uint64_t es = dtype_size(t.out.dtype), ies = input_elem_size(t.src);
+          const uint64_t es = dtype_size(t.out.dtype);
           const uint64_t len = (it.last - it.first) * es;
-          const uint8_t* bytes = it.buffer ? it.buffer : t.src.input.file->data(*t.src.input.info) + it.first * es;
+          const uint8_t* bytes = it.buffer ? it.buffer : input_at(t.pieces[0], 0, 0) + it.first * es;
           writers[t.shard]->write(t.offset + it.first * es, bytes, len);
-          release_inputs(t, it.first, it.last);
+          release_item(t, it.first, it.last, it.segment_left->fetch_sub(1) == 1);
           if (opt.progress) *opt.progress += len;
           ++items;
         } catch (...) {

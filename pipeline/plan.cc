@@ -21,29 +21,34 @@ constexpr std::string_view kScaleSuffix = "_scale_inv";
 
 std::string file_of(const TensorRef& r) { return r.file->path().string(); }
 
+const TensorRef& require_scale(const Checkpoint& ck, const TensorRef& t) {
+  const std::string scale_name = t.name() + std::string(kScaleSuffix);
+  const TensorRef* scale = ck.find(scale_name);
+  if (!scale)
+    fail_input("{}: tensor '{}' is {} but has no scale '{}'; refusing to write FP8 bytes without "
+               "their scale",
+               file_of(t), t.name(), dtype_name(t.info->dtype), scale_name);
+  return *scale;
+}
+
+// The input as a matrix: rows = shape[0] (1 for a scalar), cols = the product of the rest.
+void matrix_of(const TensorInfo& t, uint64_t& rows, uint64_t& cols) {
+  rows = t.shape.empty() ? 1 : t.shape[0];
+  cols = 1;
+  for (size_t i = 1; i < t.shape.size(); ++i) cols *= t.shape[i];  // numel checked on parse
+}
+
 // FP8 weights become `dtype` under their scale; the scale and the weight's activation/input
 // scale siblings are consumed; everything else is copied unchanged.
 void plan_dequant(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
   const BlockSize block = config_block_size(ck.config() ? &*ck.config() : nullptr).value_or(BlockSize{});
   std::unordered_set<std::string> consumed;
-  std::vector<std::optional<Source>> dequant(ck.tensors().size());
+  std::vector<const TensorRef*> scale_of(ck.tensors().size(), nullptr);
   for (size_t i = 0; i < ck.tensors().size(); ++i) {
     const TensorRef& t = ck.tensors()[i];
     if (!is_fp8_weight(t.info->dtype)) continue;
-    const std::string scale_name = t.name() + std::string(kScaleSuffix);
-    const TensorRef* scale = ck.find(scale_name);
-    if (!scale)
-      fail_input("{}: tensor '{}' is {} but has no scale '{}'; refusing to write FP8 bytes without "
-                 "their scale",
-                 file_of(t), t.name(), dtype_name(t.info->dtype), scale_name);
-    Source s;
-    s.op = Op::Dequant;
-    s.input = t;
-    s.scale = *scale;
-    s.format = t.info->dtype == DType::F8_E4M3 ? Fp8::E4M3 : Fp8::E5M2;
-    s.scheme = detect_scheme(*t.info, *scale->info, block, file_of(t));
-    dequant[i] = s;
-    consumed.insert(scale_name);
+    scale_of[i] = &require_scale(ck, t);
+    consumed.insert(scale_of[i]->name());
     if (t.name().ends_with(".weight")) {
       const std::string base = t.name().substr(0, t.name().size() - 7);
       for (const char* sib : {".activation_scale", ".input_scale"})
@@ -54,30 +59,55 @@ void plan_dequant(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
     const TensorRef& t = ck.tensors()[i];
     if (consumed.count(t.name())) {
       plan.dropped.push_back(t.name());
-      if (!t.name().ends_with(kScaleSuffix)) continue;  // siblings are not even read
-      plan.input_bytes += t.info->nbytes();
+      if (t.name().ends_with(kScaleSuffix)) plan.input_bytes += t.info->nbytes();  // siblings are not read
       continue;
     }
-    PlannedTensor p;
-    p.out.name = t.name();
-    p.out.shape = t.info->shape;
-    if (dequant[i]) {
-      p.src = *dequant[i];
-      p.out.dtype = to_dtype(opt.dtype);
-      ++plan.dequantized;
+    if (scale_of[i]) {
+      const DequantScheme d = detect_scheme(*t.info, *scale_of[i]->info, block, file_of(t));
+      plan.tensors.push_back(dequantized_tensor(t.name(), t, *scale_of[i], d, to_dtype(opt.dtype)));
     } else {
-      p.src.op = Op::Copy;
-      p.src.input = t;
-      p.out.dtype = t.info->dtype;
+      plan.tensors.push_back(whole_tensor(t.name(), t, t.info->dtype));
     }
-    p.nbytes = p.out.nbytes();
     plan.input_bytes += t.info->nbytes();
-    plan.output_bytes += p.nbytes;
-    plan.tensors.push_back(std::move(p));
   }
 }
 
 }  // namespace
+
+bool PlannedTensor::dequantizes() const {
+  for (const auto& p : pieces)
+    if (p.scale.info) return true;
+  return false;
+}
+
+bool PlannedTensor::is_copy() const {
+  return pieces.size() == 1 && !pieces[0].transpose && !pieces[0].scale.info &&
+         pieces[0].input.info->dtype == out.dtype && pieces[0].rows * pieces[0].cols == rows * row_len;
+}
+
+PlannedTensor whole_tensor(std::string name, const TensorRef& input, DType dtype) {
+  PlannedTensor t;
+  t.out = {std::move(name), dtype, input.info->shape};
+  t.nbytes = t.out.nbytes();
+  Piece p;
+  p.input = input;
+  matrix_of(*input.info, p.rows, p.cols);
+  p.in_cols = p.cols;
+  t.rows = p.rows;
+  t.row_len = p.cols;
+  t.pieces.push_back(p);
+  return t;
+}
+
+PlannedTensor dequantized_tensor(std::string name, const TensorRef& weight, const TensorRef& scale,
+                                 const DequantScheme& scheme, DType dtype) {
+  PlannedTensor t = whole_tensor(std::move(name), weight, dtype);
+  Piece& p = t.pieces[0];
+  p.scale = scale;
+  p.scheme = scheme;
+  p.format = weight.info->dtype == DType::F8_E5M2 ? Fp8::E5M2 : Fp8::E4M3;
+  return t;
+}
 
 Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
   Plan plan;
@@ -89,6 +119,10 @@ Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
     case Direction::Hf:
       fail_usage("--to {} is not available yet: this build converts with --to dequant only",
                  opt.direction == Direction::Native ? "native" : "hf");
+  }
+  for (const auto& t : plan.tensors) {
+    plan.output_bytes += t.nbytes;
+    plan.dequantized += t.dequantizes();
   }
   if (plan.tensors.empty()) fail_input("{}: nothing to write: the checkpoint has no tensors", ck.dir().string());
   assign_shards(plan, opt.max_shard_size);

@@ -21,18 +21,22 @@ namespace ckpt {
 enum class Direction : uint8_t { Dequant, Native, Hf };
 std::optional<Direction> parse_direction(std::string_view s);
 
-enum class Op : uint8_t {
-  Copy,     // bytes unchanged
-  Dequant,  // FP8 weight × scale grid -> output dtype
-};
-
-// How one output tensor's bytes are made from the input.
-struct Source {
-  Op op = Op::Copy;
+// One rectangular part of an output tensor, made from one input tensor. The input is seen as a
+// matrix [rows = shape[0], cols = the rest] and the output as [PlannedTensor::rows × row_len].
+// The piece reads the input region rows [in_row0, +rows) × cols [in_col0, +cols) and writes it at
+// output (out_row0, out_col0) — as is, or transposed (output (r, c) = input (c, r)) — converting
+// each element to the output dtype: dequantized under `scale` for FP8 inputs, cast otherwise.
+struct Piece {
   TensorRef input;
-  TensorRef scale;        // Dequant only
-  DequantScheme scheme;   // Dequant only
-  Fp8 format = Fp8::E4M3; // Dequant only
+  TensorRef scale;          // FP8 inputs only
+  DequantScheme scheme;     // FP8 inputs only
+  Fp8 format = Fp8::E4M3;   // FP8 inputs only
+  uint64_t in_cols = 1;     // row length of the input matrix
+  uint64_t in_row0 = 0, in_col0 = 0, rows = 0, cols = 0;
+  uint64_t out_row0 = 0, out_col0 = 0;
+  bool transpose = false;
+  uint64_t out_rows() const { return transpose ? cols : rows; }
+  uint64_t out_cols() const { return transpose ? rows : cols; }
 };
 
 struct PlannedTensor {
@@ -40,7 +44,14 @@ struct PlannedTensor {
   uint32_t shard = 0;
   uint64_t offset = 0;  // absolute byte offset in the shard file
   uint64_t nbytes = 0;
-  Source src;
+  uint64_t rows = 1, row_len = 1;  // the output as a matrix
+  std::vector<Piece> pieces;       // tile the output exactly
+  // Work items never straddle a multiple of `segment_rows` output rows; a segment's inputs are
+  // released when its last item is written. Grouped experts use one segment per expert slot.
+  uint64_t segment_rows = 0;       // 0: the whole tensor is one segment
+  bool dequantizes() const;
+  // A single untransformed piece: the bytes are written straight from the input map.
+  bool is_copy() const;
 };
 
 struct Plan {
@@ -61,6 +72,12 @@ struct PlanOptions {
 };
 
 Plan make_plan(const Checkpoint& ckpt, const PlanOptions& options);
+
+// A whole input tensor as the only piece of an output of the same shape in `dtype`.
+PlannedTensor whole_tensor(std::string name, const TensorRef& input, DType dtype);
+// The same, dequantized under `scale`.
+PlannedTensor dequantized_tensor(std::string name, const TensorRef& weight, const TensorRef& scale,
+                                 const DequantScheme& scheme, DType dtype);
 
 // Splits planned tensors into shards in order, each at most `max_shard_size` tensor bytes unless
 // one tensor alone is larger, and fills in shard, offset and the shard layouts.

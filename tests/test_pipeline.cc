@@ -47,10 +47,11 @@ TEST_CASE("the plan of a dequant conversion", "[pipeline]") {
   CHECK(plan.tensors[0].out.name == "a.weight");
   CHECK(plan.tensors[0].out.dtype == DType::F32);
   CHECK(plan.tensors[0].nbytes == 24);
-  CHECK(plan.tensors[0].src.op == Op::Dequant);
-  CHECK(plan.tensors[0].src.scheme.kind == ScaleScheme::PerTensor);
+  CHECK(plan.tensors[0].dequantizes());
+  CHECK(!plan.tensors[0].is_copy());
+  CHECK(plan.tensors[0].pieces[0].scheme.kind == ScaleScheme::PerTensor);
   CHECK(plan.tensors[1].out.name == "norm.weight");
-  CHECK(plan.tensors[1].src.op == Op::Copy);
+  CHECK(plan.tensors[1].is_copy());
   // A scale whose weight does not exist is not consumed by anything: it passes through.
   CHECK(plan.tensors[2].out.name == "orphan.weight_scale_inv");
   CHECK(plan.dropped == std::vector<std::string>{"a.weight_scale_inv", "a.activation_scale", "a.input_scale"});
