@@ -42,10 +42,23 @@ int run_convert(const ConvertArgs& a) {
     if (a.ep_rank || a.ep_size) fail_usage("--ep-rank/--ep-size apply to --to native only");
     if (a.quantize != "none") fail_usage("--quantize applies to --to hf only");
   }
+  if (*dir != Direction::Dequant) {
+    if (a.ep_rank && !a.ep_size) fail_usage("--ep-rank needs --ep-size");
+    if (a.ep_size && *a.ep_size == 0) fail_usage("--ep-size must be at least 1");
+    if (a.ep_rank && *a.ep_rank >= *a.ep_size)
+      fail_usage("--ep-rank {} is not below --ep-size {}", *a.ep_rank, *a.ep_size);
+    if (a.ep_size && *a.ep_size > 1 && !a.ep_rank)
+      fail_usage("--ep-size without --ep-rank (all ranks in one pass) is not available yet; pass --ep-rank");
+    if (*dir == Direction::Native && a.quantize != "none") fail_usage("--quantize applies to --to hf only");
+  }
   if (a.device == "cuda") fail_usage("--device cuda: this build has no CUDA support; use --device cpu");
   o.plan.direction = *dir;
   o.plan.dtype = *dtype;
   o.plan.max_shard_size = parse_size(a.max_shard, "--max-shard-size");
+  o.plan.family = a.family;
+  o.plan.mtp = a.mtp == "on" ? MtpMode::On : a.mtp == "off" ? MtpMode::Off : MtpMode::Auto;
+  o.plan.ep_rank = a.ep_rank;
+  o.plan.ep_size = a.ep_size.value_or(1);
   o.memory_budget = parse_size(a.budget, "--memory-budget");
   o.threads = a.threads;
   o.overwrite = a.overwrite;

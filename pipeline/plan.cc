@@ -59,7 +59,6 @@ void plan_dequant(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
     const TensorRef& t = ck.tensors()[i];
     if (consumed.count(t.name())) {
       plan.dropped.push_back(t.name());
-      if (t.name().ends_with(kScaleSuffix)) plan.input_bytes += t.info->nbytes();  // siblings are not read
       continue;
     }
     if (scale_of[i]) {
@@ -68,7 +67,6 @@ void plan_dequant(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
     } else {
       plan.tensors.push_back(whole_tensor(t.name(), t, t.info->dtype));
     }
-    plan.input_bytes += t.info->nbytes();
   }
 }
 
@@ -115,18 +113,26 @@ Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
   plan.dtype = opt.dtype;
   switch (opt.direction) {
     case Direction::Dequant: plan_dequant(ck, opt, plan); break;
-    case Direction::Native:
-    case Direction::Hf:
-      fail_usage("--to {} is not available yet: this build converts with --to dequant only",
-                 opt.direction == Direction::Native ? "native" : "hf");
+    case Direction::Native: plan_native(ck, opt, plan); break;
+    case Direction::Hf: fail_usage("--to hf is not available yet: this build converts with --to dequant and native");
   }
+  std::unordered_set<const TensorInfo*> read;
   for (const auto& t : plan.tensors) {
     plan.output_bytes += t.nbytes;
     plan.dequantized += t.dequantizes();
+    for (const auto& p : t.pieces)
+      for (const TensorInfo* i : {p.input.info, p.scale.info})
+        if (i && read.insert(i).second) plan.input_bytes += i->nbytes();
   }
   if (plan.tensors.empty()) fail_input("{}: nothing to write: the checkpoint has no tensors", ck.dir().string());
   assign_shards(plan, opt.max_shard_size);
   return plan;
+}
+
+void ep_range(uint32_t experts, uint32_t rank, uint32_t size, uint32_t& first, uint32_t& last) {
+  const uint32_t base = experts / size, rem = experts % size;
+  first = rank < rem ? rank * (base + 1) : rank * base + rem;
+  last = first + base + (rank < rem ? 1 : 0);
 }
 
 void assign_shards(Plan& plan, uint64_t max_shard_size) {

@@ -65,11 +65,23 @@ struct Plan {
   uint64_t dequantized = 0;            // tensors dequantized
 };
 
+enum class MtpMode : uint8_t { Auto, On, Off };
+
 struct PlanOptions {
   Direction direction = Direction::Dequant;
   OutType dtype = OutType::BF16;
   uint64_t max_shard_size = 5'000'000'000;
+  std::string family = "auto";          // native / hf: a family name, or auto (config.json)
+  MtpMode mtp = MtpMode::Auto;
+  std::optional<uint32_t> ep_rank;      // with ep_size > 1: write this rank's experts only
+  uint32_t ep_size = 1;
 };
+
+// Expert parallelism's range rule (SPEC §3): rank r of n holds experts [first, last).
+void ep_range(uint32_t experts, uint32_t rank, uint32_t size, uint32_t& first, uint32_t& last);
+
+// The HF -> native plan of a model family (pipeline/plan_native.cc).
+void plan_native(const Checkpoint& ck, const PlanOptions& options, Plan& plan);
 
 Plan make_plan(const Checkpoint& ckpt, const PlanOptions& options);
 

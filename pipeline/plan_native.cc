@@ -1,0 +1,193 @@
+// HF -> native planning (SPEC §3, §4): every key goes through its family's rules
+// (transforms/family.h); FP8 weights are dequantized, routed experts become grouped tensors whose
+// pieces are the experts' transposed weights, and everything knowable from headers and config —
+// missing experts, expert ids past the configured count, shapes that contradict the config — is
+// an error before any data is read.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "formats/error.h"
+#include "pipeline/plan.h"
+#include "transforms/family.h"
+
+namespace ckpt {
+
+namespace {
+
+constexpr std::string_view kScaleSuffix = "_scale_inv";
+
+uint64_t config_uint(const nlohmann::ordered_json& cfg, std::string_view key, std::string_view why) {
+  const auto it = cfg.find(std::string(key));
+  if (it == cfg.end() || !it->is_number_unsigned())
+    fail_input("config.json: '{}' (a non-negative integer) is needed to {}", key, why);
+  return it->get<uint64_t>();
+}
+
+// The experts of one grouped layer, as found in the checkpoint.
+struct ExpertSet {
+  std::string prefix;  // "{p}layers.{L}.{seg}"
+  std::map<uint64_t, std::array<const TensorRef*, 3>> by_id;
+};
+
+struct Inputs {
+  const Checkpoint& ck;
+  BlockSize block;
+  bool mistral;
+};
+
+// The tensor to write for one input (dequantized if FP8) in `dtype` (FP8 inputs) or `keep`.
+PlannedTensor tensor_for(const Inputs& in, const TensorRef& t, std::string name, DType fp8_dtype, bool to_f32) {
+  if (is_fp8_weight(t.info->dtype)) {
+    const std::string sname = t.name() + std::string(kScaleSuffix);
+    const TensorRef* s = in.ck.find(sname);
+    if (!s)
+      fail_input("{}: tensor '{}' is {} but has no scale '{}'; refusing to write FP8 bytes without their scale",
+                 t.file->path().string(), t.name(), dtype_name(t.info->dtype), sname);
+    if (in.mistral && t.info->dtype != DType::F8_E4M3)
+      fail_input("{}: tensor '{}' is {}; Mistral3 checkpoints hold F8_E4M3 only (upstream would drop it)",
+                 t.file->path().string(), t.name(), dtype_name(t.info->dtype));
+    const DequantScheme d = detect_scheme(*t.info, *s->info, in.block, t.file->path().string());
+    if (in.mistral && d.kind != ScaleScheme::PerTensor)
+      fail_input("{}: tensor '{}': Mistral3 scales are per-tensor, but '{}' is {}", t.file->path().string(),
+                 t.name(), sname, shape_str(s->info->shape));
+    return dequantized_tensor(std::move(name), t, *s, d, fp8_dtype);
+  }
+  return whole_tensor(std::move(name), t, to_f32 ? DType::F32 : t.info->dtype);
+}
+
+Piece expert_piece(const Inputs& in, const TensorRef& t, uint64_t out_row0, uint64_t out_col0) {
+  PlannedTensor one = tensor_for(in, t, t.name(), DType::F32, false);  // borrows its dequant setup
+  Piece p = one.pieces[0];
+  p.transpose = true;
+  p.out_row0 = out_row0;
+  p.out_col0 = out_col0;
+  return p;
+}
+
+}  // namespace
+
+void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
+  if (!ck.config() && opt.family == "auto")
+    fail_usage("{}: no config.json to detect the family from; pass --family", ck.dir().string());
+  const FamilyRules& f = opt.family == "auto" ? detect_family(*ck.config()) : family(opt.family);
+  static const nlohmann::ordered_json kEmpty = nlohmann::ordered_json::object();
+  const nlohmann::ordered_json& cfg = ck.config() ? *ck.config() : kEmpty;
+  const nlohmann::ordered_json& tc = text_config(cfg);
+
+  MapContext ctx;
+  if (f.layer_cutoff) ctx.num_layers = config_uint(tc, "num_hidden_layers", "drop layers past the model");
+  if (f.mtp == MtpRule::MiniMaxM3)
+    ctx.mtp = opt.mtp == MtpMode::On || (opt.mtp == MtpMode::Auto && tc.value("num_mtp_modules", uint64_t{1}) > 0);
+  else
+    ctx.mtp = opt.mtp != MtpMode::Off;
+  ctx.keep_names = f.mistral_vlm_names && tc.value("model_type", "") == "ministral3" &&
+                   tc.value("num_hidden_layers", uint64_t{0}) == 88;
+
+  const Inputs in{ck, config_block_size(&cfg).value_or(BlockSize{}), f.mistral_scales};
+  const DType dtype = to_dtype(opt.dtype);
+  const DType fp8_dtype = f.mistral_scales ? DType::BF16 : dtype;
+
+  // Scales (and Mistral's activation scales) are consumed by dequantization, never written.
+  const auto is_scale = [&](const std::string& n) {
+    return n.ends_with(kScaleSuffix) || (f.mistral_scales && n.ends_with(".activation_scale"));
+  };
+
+  std::vector<ExpertSet> groups;
+  std::map<std::string, size_t> group_index;
+  std::vector<std::pair<size_t, size_t>> order;  // (kind 0 tensor / 1 group, index) in input order
+  std::vector<PlannedTensor> singles;
+  for (const TensorRef& t : ck.tensors()) {
+    if (is_scale(t.name())) {
+      plan.dropped.push_back(t.name());
+      continue;
+    }
+    const NativeKey nk = map_hf_key(f, t.name(), ctx);
+    if (nk.kind == NativeKey::Drop) {
+      plan.dropped.push_back(t.name());
+      continue;
+    }
+    if (nk.kind == NativeKey::Tensor) {
+      order.emplace_back(0, singles.size());
+      singles.push_back(tensor_for(in, t, nk.name, fp8_dtype, nk.to_f32));
+      continue;
+    }
+    auto [it, fresh] = group_index.emplace(nk.name, groups.size());
+    if (fresh) {
+      groups.push_back({nk.name, {}});
+      order.emplace_back(1, groups.size() - 1);
+    }
+    auto& slot = groups[it->second].by_id[nk.expert][nk.proj];
+    if (slot) fail_input("tensor '{}' and '{}' both map to expert {} of '{}'", slot->name(), t.name(), nk.expert, nk.name);
+    slot = &t;
+  }
+
+  // Grouped experts: counts and sizes from the config, checked against every expert's shapes.
+  std::vector<std::vector<PlannedTensor>> grouped(groups.size());
+  if (!groups.empty()) {
+    const uint64_t experts = config_uint(tc, f.experts_key, "group the routed experts");
+    const uint64_t inter = config_uint(tc, f.inter_key, "group the routed experts");
+    uint32_t first = 0, last = static_cast<uint32_t>(experts);
+    if (opt.ep_size > 1) ep_range(static_cast<uint32_t>(experts), opt.ep_rank.value_or(0), opt.ep_size, first, last);
+    std::vector<std::string> missing;
+    for (auto& g : groups) {
+      for (const auto& [id, projs] : g.by_id)
+        if (id >= experts)
+          fail_input("'{}' has expert {}, but config.json '{}' is {}; refusing to drop it", g.prefix, id,
+                     f.experts_key, experts);
+      for (uint64_t e = 0; e < experts; ++e)
+        for (uint8_t p = f.gated ? 0 : 1; p < 3; ++p)
+          if (!g.by_id.count(e) || !g.by_id[e][p])
+            missing.push_back(fmt::format("{}.{}.{}", g.prefix, e, p == 0 ? "gate_proj" : p == 1 ? "up_proj" : "down_proj"));
+    }
+    if (!missing.empty()) {
+      std::string shown;
+      for (size_t i = 0; i < missing.size() && i < 3; ++i) shown += (i ? ", " : "") + missing[i];
+      fail_input("{} expert weight(s) missing (config.json '{}' = {}), e.g. {}", missing.size(), f.experts_key,
+                 experts, shown);
+    }
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+      auto& g = groups[gi];
+      const TensorRef& down0 = *g.by_id[0][2];
+      if (down0.info->shape.size() != 2)
+        fail_input("'{}' is {}, expected [dim, inter]", down0.name(), shape_str(down0.info->shape));
+      const uint64_t dim = down0.info->shape[0];
+      const std::vector<uint64_t> in_shape{inter, dim}, down_shape{dim, inter};
+      for (auto& [id, projs] : g.by_id)
+        for (uint8_t p = f.gated ? 0 : 1; p < 3; ++p)
+          if (projs[p]->info->shape != (p == 2 ? down_shape : in_shape))
+            fail_input("'{}' is {}, but config.json '{}' = {} and hidden size {} make it {}", projs[p]->name(),
+                       shape_str(projs[p]->info->shape), f.inter_key, inter, dim,
+                       shape_str(p == 2 ? down_shape : in_shape));
+      const uint64_t n = last - first;
+      const uint64_t width = f.gated ? 2 * inter : inter;
+      PlannedTensor gu, dn;
+      gu.out = {g.prefix + ".gate_and_up_projs", dtype, {n, dim, width}};
+      gu.rows = n * dim;
+      gu.row_len = width;
+      gu.segment_rows = dim;
+      dn.out = {g.prefix + ".down_projs", dtype, {n, inter, dim}};
+      dn.rows = n * inter;
+      dn.row_len = dim;
+      dn.segment_rows = inter;
+      for (uint32_t e = first; e < last; ++e) {
+        const auto& projs = g.by_id[e];
+        const uint64_t k = e - first;
+        if (f.gated) gu.pieces.push_back(expert_piece(in, *projs[0], k * dim, 0));
+        gu.pieces.push_back(expert_piece(in, *projs[1], k * dim, f.gated ? inter : 0));
+        dn.pieces.push_back(expert_piece(in, *projs[2], k * inter, 0));
+      }
+      gu.nbytes = gu.out.nbytes();
+      dn.nbytes = dn.out.nbytes();
+      if (n > 0) grouped[gi] = {std::move(gu), std::move(dn)};
+    }
+  }
+  for (const auto& [kind, i] : order) {
+    if (kind == 0) plan.tensors.push_back(std::move(singles[i]));
+    else for (auto& t : grouped[i]) plan.tensors.push_back(std::move(t));
+  }
+}
+
+}  // namespace ckpt

@@ -1,0 +1,243 @@
+#include "transforms/family.h"
+
+#include <fmt/format.h>
+
+#include "formats/error.h"
+
+namespace ckpt {
+
+namespace {
+
+using R = Rename;
+
+const ExpertNaming kMiniMaxExperts{".block_sparse_moe.experts.", "w1", "w3", "w2"};
+const ExpertNaming kMlpExperts{".mlp.experts.", "gate_proj", "up_proj", "down_proj"};
+
+const std::vector<Rename> kMiniMaxRenames = {
+    {R::Infix, ".block_sparse_moe.gate.weight", ".mlp.gate.weight"},
+    {R::Infix, ".block_sparse_moe.e_score_correction_bias", ".mlp.gate.e_score_correction_bias"},
+};
+
+std::vector<Rename> m3_renames() {
+  std::vector<Rename> r = kMiniMaxRenames;
+  r.push_back({R::Infix, ".block_sparse_moe.shared_experts.", ".shared_experts."});
+  r.push_back({R::Infix, ".self_attn.index_", ".self_attn.indexer.index_"});
+  return r;
+}
+
+const std::vector<FamilyRules> kFamilies = {
+    {.name = "minimax_m2", .model_types = {"minimax_m2", "minimax"}, .renames = kMiniMaxRenames,
+     .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts",
+     .experts_key = "num_local_experts", .inter_key = "intermediate_size", .hf_prefix = "model."},
+    {.name = "minimax_m3", .model_types = {"minimax_m3"}, .renames = m3_renames(),
+     .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts", .mtp = MtpRule::MiniMaxM3,
+     .experts_key = "num_local_experts", .inter_key = "intermediate_size", .hf_prefix = "model."},
+    {.name = "minimax_m3_vl", .model_types = {"minimax_m3_vl"}, .renames = m3_renames(),
+     .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts", .mtp = MtpRule::MiniMaxM3,
+     .vl_m3 = true, .experts_key = "num_local_experts", .inter_key = "intermediate_size",
+     .hf_prefix = "model."},
+    {.name = "mistral3_vlm", .model_types = {"mistral3"},
+     .renames = {{R::Whole, "language_model.lm_head.weight", "lm_head.weight", true},
+                 {R::Prefix, "language_model.model.", "model.language_model.", true},
+                 {R::Prefix, "language_model.", "model.language_model.", true},
+                 {R::Prefix, "vision_tower.", "model.vision_tower.", true},
+                 {R::Prefix, "multi_modal_projector.", "model.multi_modal_projector.", true}},
+     .hf_experts = {}, .native_segment = "", .mistral_scales = true, .mistral_vlm_names = true,
+     .hf_prefix = "model."},
+    {.name = "mistral3_causal", .model_types = {"ministral3", "mistral"}, .renames = {},
+     .hf_experts = {}, .native_segment = "", .mistral_scales = true, .hf_prefix = "model."},
+    {.name = "nemotron_v3", .model_types = {"nemotron_h", "nemotron_v3"},
+     .renames = {{R::Whole, "backbone.norm_f.weight", "model.norm.weight", true},
+                 {R::Whole, "backbone.embeddings.weight", "model.embed_tokens.weight", true},
+                 {R::Prefix, "backbone.", "model."},
+                 {R::Suffix, ".mixer.A_log", ".mixer._fp32_params.A_log", true},
+                 {R::Suffix, ".mixer.dt_bias", ".mixer._fp32_params.dt_bias", true},
+                 {R::Suffix, ".mixer.D", ".mixer._fp32_params.D", true}},
+     .hf_experts = {".mixer.experts.", "", "up_proj", "down_proj"}, .native_segment = "mixer.experts",
+     .gated = false, .mtp = MtpRule::Nemotron, .fp32_mamba = true, .layer_cutoff = true,
+     .experts_key = "n_routed_experts", .inter_key = "moe_intermediate_size", .hf_prefix = "backbone."},
+    {.name = "deepseek_v3", .model_types = {"deepseek_v3"}, .renames = {}, .hf_experts = kMlpExperts,
+     .native_segment = "mlp.experts", .experts_key = "n_routed_experts",
+     .inter_key = "moe_intermediate_size", .hf_prefix = "model."},
+};
+
+bool apply(const Rename& r, std::string& key) {
+  switch (r.where) {
+    case Rename::Infix: {
+      const auto pos = key.find(r.from);
+      if (pos == std::string::npos) return false;
+      key.replace(pos, r.from.size(), r.to);
+      return true;
+    }
+    case Rename::Prefix:
+      if (!key.starts_with(r.from)) return false;
+      key.replace(0, r.from.size(), r.to);
+      return true;
+    case Rename::Suffix:
+      if (!key.ends_with(r.from)) return false;
+      key.replace(key.size() - r.from.size(), r.from.size(), r.to);
+      return true;
+    case Rename::Whole:
+      if (key != r.from) return false;
+      key = r.to;
+      return true;
+  }
+  return false;
+}
+
+std::optional<uint64_t> digits(std::string_view s, size_t& pos) {
+  const size_t start = pos;
+  uint64_t v = 0;
+  while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9' && pos - start < 18) v = v * 10 + (s[pos++] - '0');
+  if (pos == start) return std::nullopt;
+  return v;
+}
+
+struct ExpertMatch {
+  std::string_view before;  // everything before the segment
+  uint64_t expert;
+  uint8_t proj;
+};
+
+// "{before}{segment}{E}.{proj}.weight" with proj one of the naming's names.
+std::optional<ExpertMatch> match_expert(std::string_view key, const ExpertNaming& n) {
+  if (n.segment.empty()) return std::nullopt;
+  const auto at = key.find(n.segment);
+  if (at == std::string_view::npos) return std::nullopt;
+  size_t pos = at + n.segment.size();
+  const auto e = digits(key, pos);
+  if (!e || pos >= key.size() || key[pos] != '.') return std::nullopt;
+  const std::string_view rest = key.substr(pos + 1);
+  const std::string_view names[3] = {n.gate, n.up, n.down};
+  for (uint8_t p = 0; p < 3; ++p)
+    if (!names[p].empty() && rest.size() == names[p].size() + 7 && rest.starts_with(names[p]) &&
+        rest.ends_with(".weight"))
+      return ExpertMatch{key.substr(0, at), *e, p};
+  return std::nullopt;
+}
+
+// "{p}layers.{L}" with p one of SPEC §3's prefixes.
+bool is_layer_prefix(std::string_view s) {
+  for (std::string_view p : {"model.language_model.", "language_model.", "model.", ""}) {
+    if (!s.starts_with(p)) continue;
+    std::string_view rest = s.substr(p.size());
+    if (!rest.starts_with("layers.")) continue;
+    size_t pos = 7;
+    if (digits(rest, pos) && pos == rest.size()) return true;
+  }
+  return false;
+}
+
+// Renames, then expert grouping (SPEC §3): the steps every family shares.
+NativeKey rename_and_group(const FamilyRules& f, std::string_view key) {
+  std::string k(key);
+  if (auto m = match_expert(k, f.hf_experts)) {
+    static const std::string_view native_proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    k = fmt::format("{}.{}.{}.{}.weight", m->before, f.native_segment, m->expert, native_proj[m->proj]);
+  }
+  bool f32 = false;
+  for (const auto& r : f.renames) {
+    if (!apply(r, k)) continue;
+    if (f.fp32_mamba && r.where == Rename::Suffix) f32 = true;
+    if (r.last) break;
+  }
+  if (!f.native_segment.empty()) {
+    const std::string seg = fmt::format(".{}.", f.native_segment);
+    if (auto m = match_expert(k, ExpertNaming{seg, "gate_proj", "up_proj", "down_proj"});
+        m && is_layer_prefix(m->before)) {
+      if (!f.gated && m->proj == 0) return {NativeKey::Drop, {}, 0, 0, false};
+      return {NativeKey::Expert, fmt::format("{}.{}", m->before, f.native_segment),
+              static_cast<uint32_t>(m->expert), m->proj, false};
+    }
+  }
+  return {NativeKey::Tensor, std::move(k), 0, 0, f32};
+}
+
+NativeKey map_m3(const FamilyRules& f, std::string_view key, const MapContext& ctx) {
+  const auto at = key.find(".mtp.");
+  if (at == std::string_view::npos) return rename_and_group(f, key);
+  if (!ctx.mtp) return {NativeKey::Drop, {}, 0, 0, false};
+  // {h}mtp.layers.{d}.transformer_layer.{rest}: converted as layer d of a one-layer model.
+  std::string_view tail = key.substr(at + 5);
+  size_t pos = 7;
+  std::optional<uint64_t> d;
+  if (tail.starts_with("layers.") && (d = digits(tail, pos)) && tail.substr(pos).starts_with(".transformer_layer.")) {
+    const std::string inner_prefix = fmt::format("model.layers.{}.", *d);
+    NativeKey n = rename_and_group(f, inner_prefix + std::string(tail.substr(pos + 19)));
+    const std::string mtp_prefix = fmt::format("model.mtp.layers.{}.transformer_layer.", *d);
+    if (n.kind != NativeKey::Drop) n.name = mtp_prefix + n.name.substr(inner_prefix.size());
+    return n;
+  }
+  return {NativeKey::Tensor, std::string(key), 0, 0, false};  // enorm, hnorm, eh_proj, final_layernorm
+}
+
+NativeKey map_nemotron(const FamilyRules& f, std::string_view key, const MapContext& ctx) {
+  for (std::string_view p : {"backbone.layers.", "model.layers."}) {
+    if (!key.starts_with(p)) continue;
+    size_t pos = p.size();
+    const auto layer = digits(key, pos);
+    if (layer && pos < key.size() && key[pos] == '.' && *layer >= ctx.num_layers)
+      return {NativeKey::Drop, {}, 0, 0, false};
+  }
+  if (key.starts_with("mtp.")) {
+    if (!ctx.mtp) return {NativeKey::Drop, {}, 0, 0, false};
+    NativeKey n = rename_and_group(f, key.substr(4));
+    if (n.kind != NativeKey::Drop) n.name = "mtp." + n.name;
+    return n;
+  }
+  return rename_and_group(f, key);
+}
+
+}  // namespace
+
+const std::vector<FamilyRules>& families() { return kFamilies; }
+
+const FamilyRules& family(std::string_view name) {
+  for (const auto& f : kFamilies)
+    if (f.name == name) return f;
+  std::string known;
+  for (const auto& f : kFamilies) known += (known.empty() ? "" : ", ") + std::string(f.name);
+  fail_usage("unknown family '{}' (known: {})", name, known);
+}
+
+const nlohmann::ordered_json& text_config(const nlohmann::ordered_json& config) {
+  if (config.contains("text_config") && config["text_config"].is_object()) return config["text_config"];
+  return config;
+}
+
+const FamilyRules& detect_family(const nlohmann::ordered_json& config) {
+  const std::string mt = config.value("model_type", "");
+  for (const auto& f : kFamilies)
+    for (auto t : f.model_types)
+      if (mt == t) {
+        if (f.name == "mistral3_causal" || f.name == "mistral3_vlm") {
+          const bool vlm = config.contains("text_config");
+          return family(vlm ? "mistral3_vlm" : "mistral3_causal");
+        }
+        return f;
+      }
+  std::string arch;
+  if (config.contains("architectures") && config["architectures"].is_array() && !config["architectures"].empty())
+    arch = config["architectures"][0].is_string() ? config["architectures"][0].get<std::string>() : "";
+  fail_usage("config.json: model_type '{}' (architectures '{}') is not a known family; pass --family", mt, arch);
+}
+
+NativeKey map_hf_key(const FamilyRules& f, std::string_view key, const MapContext& ctx) {
+  if (f.vl_m3) {
+    if (key.starts_with("language_model.")) return map_m3(f, key.substr(15), ctx);
+    if (key.find(".mtp.") != std::string_view::npos) return {NativeKey::Drop, {}, 0, 0, false};
+    for (std::string_view p : {"multi_modal_projector.", "patch_merge_mlp."})
+      if (key.starts_with(p)) return {NativeKey::Tensor, "vision_tower." + std::string(key), 0, 0, false};
+    return {NativeKey::Tensor, std::string(key), 0, 0, false};
+  }
+  switch (f.mtp) {
+    case MtpRule::MiniMaxM3: return map_m3(f, key, ctx);
+    case MtpRule::Nemotron: return map_nemotron(f, key, ctx);
+    case MtpRule::None: break;
+  }
+  if (f.mistral_vlm_names && !ctx.keep_names) return rename_and_group(f, key);
+  if (f.mistral_scales) return {NativeKey::Tensor, std::string(key), 0, 0, false};
+  return rename_and_group(f, key);
+}
+
+}  // namespace ckpt

@@ -1,0 +1,76 @@
+// Model families (SPEC §1, §4) as data. Each family is one row of a table: its renames, how its
+// routed experts are named on either side, its MTP and vision-language rules and the config keys
+// that size it. One generic mapper, `map_hf_key`, reads the row to say what becomes of an HF key
+// in the native layout; the planner turns that into pieces. Adding a family means adding a row
+// (and its tests), not code paths.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ckpt {
+
+// A key rewrite. `Infix` replaces the first occurrence, `Prefix`/`Suffix`/`Whole` anchor it;
+// rules apply in order, and a rule with `last` ends the list when it matches.
+struct Rename {
+  enum Where : uint8_t { Infix, Prefix, Suffix, Whole } where;
+  std::string_view from, to;
+  bool last = false;
+};
+
+// How routed experts are named: "{before}{segment}{E}.{proj}.weight".
+struct ExpertNaming {
+  std::string_view segment;                       // ".block_sparse_moe.experts." …
+  std::string_view gate, up, down;                // projection names; gate empty when not gated
+};
+
+enum class MtpRule : uint8_t { None, MiniMaxM3, Nemotron };
+
+struct FamilyRules {
+  std::string_view name;
+  std::vector<std::string_view> model_types;      // config model_type values that select it
+  std::vector<Rename> renames;                    // HF -> native, after expert renaming
+  ExpertNaming hf_experts;                        // HF names of routed expert weights
+  std::string_view native_segment;                // "mlp.experts" / "mixer.experts"
+  bool gated = true;                              // SwiGLU gate+up; false: up only (gate dropped)
+  MtpRule mtp = MtpRule::None;
+  bool vl_m3 = false;                             // MiniMax-M3-VL prefix rules
+  bool mistral_scales = false;                    // drop *_scale_inv / .activation_scale; per-tensor -> BF16
+  bool mistral_vlm_names = false;                 // the Mistral3 VLM renames apply (unless 88-layer ministral3)
+  bool fp32_mamba = false;                        // mixer.{A_log,dt_bias,D} -> mixer._fp32_params.*, F32
+  bool layer_cutoff = false;                      // drop layers >= num_hidden_layers
+  std::string_view experts_key, inter_key;        // config keys: routed experts, MoE intermediate size
+  std::string_view hf_prefix;                     // "model." / "backbone."
+};
+
+const std::vector<FamilyRules>& families();
+const FamilyRules& family(std::string_view name);  // throws a usage error for unknown names
+// The family a config.json describes (architectures / model_type); throws naming what it found.
+const FamilyRules& detect_family(const nlohmann::ordered_json& config);
+
+// What becomes of one HF key in the native layout.
+struct NativeKey {
+  enum Kind : uint8_t { Drop, Tensor, Expert } kind = Tensor;
+  std::string name;        // Tensor: the native name; Expert: the layer prefix "{p}layers.{L}.{seg}"
+  uint32_t expert = 0;     // Expert only
+  uint8_t proj = 0;        // Expert only: 0 gate, 1 up, 2 down
+  bool to_f32 = false;     // Tensor: upcast to F32 (Mamba parameters)
+};
+
+struct MapContext {
+  uint64_t num_layers = 0;  // for the layer cutoff
+  bool mtp = true;          // MTP keys converted (else dropped)
+  bool keep_names = false;  // Mistral3 VLM whose text model keeps HF names (88-layer ministral3)
+};
+
+NativeKey map_hf_key(const FamilyRules& f, std::string_view key, const MapContext& ctx);
+
+// The config object that describes the language model (a VLM's text_config, else the config).
+const nlohmann::ordered_json& text_config(const nlohmann::ordered_json& config);
+
+}  // namespace ckpt
