@@ -114,7 +114,7 @@ Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
   switch (opt.direction) {
     case Direction::Dequant: plan_dequant(ck, opt, plan); break;
     case Direction::Native: plan_native(ck, opt, plan); break;
-    case Direction::Hf: fail_usage("--to hf is not available yet: this build converts with --to dequant and native");
+    case Direction::Hf: plan_hf(ck, opt, plan); break;
   }
   std::unordered_set<const TensorInfo*> read;
   for (const auto& t : plan.tensors) {

@@ -18,6 +18,11 @@ const std::vector<Rename> kMiniMaxRenames = {
     {R::Infix, ".block_sparse_moe.e_score_correction_bias", ".mlp.gate.e_score_correction_bias"},
 };
 
+const std::vector<Rename> kMiniMaxHfRenames = {
+    {R::Infix, ".mlp.gate.weight", ".block_sparse_moe.gate.weight"},
+    {R::Infix, ".mlp.gate.e_score_correction_bias", ".block_sparse_moe.e_score_correction_bias"},
+};
+
 std::vector<Rename> m3_renames() {
   std::vector<Rename> r = kMiniMaxRenames;
   r.push_back({R::Infix, ".block_sparse_moe.shared_experts.", ".shared_experts."});
@@ -25,15 +30,22 @@ std::vector<Rename> m3_renames() {
   return r;
 }
 
+std::vector<Rename> m3_hf_renames() {
+  std::vector<Rename> r = kMiniMaxHfRenames;
+  r.push_back({R::Infix, ".shared_experts.", ".block_sparse_moe.shared_experts."});
+  r.push_back({R::Infix, ".self_attn.indexer.index_", ".self_attn.index_"});
+  return r;
+}
+
 const std::vector<FamilyRules> kFamilies = {
     {.name = "minimax_m2", .model_types = {"minimax_m2", "minimax"}, .renames = kMiniMaxRenames,
-     .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts",
+     .hf_renames = kMiniMaxHfRenames, .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts",
      .experts_key = "num_local_experts", .inter_key = "intermediate_size", .hf_prefix = "model."},
     {.name = "minimax_m3", .model_types = {"minimax_m3"}, .renames = m3_renames(),
-     .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts", .mtp = MtpRule::MiniMaxM3,
+     .hf_renames = m3_hf_renames(), .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts", .mtp = MtpRule::MiniMaxM3,
      .experts_key = "num_local_experts", .inter_key = "intermediate_size", .hf_prefix = "model."},
     {.name = "minimax_m3_vl", .model_types = {"minimax_m3_vl"}, .renames = m3_renames(),
-     .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts", .mtp = MtpRule::MiniMaxM3,
+     .hf_renames = m3_hf_renames(), .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts", .mtp = MtpRule::MiniMaxM3,
      .vl_m3 = true, .experts_key = "num_local_experts", .inter_key = "intermediate_size",
      .hf_prefix = "model."},
     {.name = "mistral3_vlm", .model_types = {"mistral3"},
@@ -42,6 +54,10 @@ const std::vector<FamilyRules> kFamilies = {
                  {R::Prefix, "language_model.", "model.language_model.", true},
                  {R::Prefix, "vision_tower.", "model.vision_tower.", true},
                  {R::Prefix, "multi_modal_projector.", "model.multi_modal_projector.", true}},
+     .hf_renames = {{R::Whole, "lm_head.weight", "language_model.lm_head.weight", true},
+                    {R::Prefix, "model.language_model.", "language_model.model.", true},
+                    {R::Prefix, "model.vision_tower.", "vision_tower.", true},
+                    {R::Prefix, "model.multi_modal_projector.", "multi_modal_projector.", true}},
      .hf_experts = {}, .native_segment = "", .mistral_scales = true, .mistral_vlm_names = true,
      .hf_prefix = "model."},
     {.name = "mistral3_causal", .model_types = {"ministral3", "mistral"}, .renames = {},
@@ -53,9 +69,14 @@ const std::vector<FamilyRules> kFamilies = {
                  {R::Suffix, ".mixer.A_log", ".mixer._fp32_params.A_log", true},
                  {R::Suffix, ".mixer.dt_bias", ".mixer._fp32_params.dt_bias", true},
                  {R::Suffix, ".mixer.D", ".mixer._fp32_params.D", true}},
+     .hf_renames = {{R::Whole, "model.norm.weight", "backbone.norm_f.weight", true},
+                    {R::Whole, "model.embed_tokens.weight", "backbone.embeddings.weight", true},
+                    {R::Prefix, "model.", "backbone."},
+                    {R::Infix, ".mixer._fp32_params.", ".mixer.", true}},
      .hf_experts = {".mixer.experts.", "", "up_proj", "down_proj"}, .native_segment = "mixer.experts",
      .gated = false, .mtp = MtpRule::Nemotron, .fp32_mamba = true, .layer_cutoff = true,
-     .experts_key = "n_routed_experts", .inter_key = "moe_intermediate_size", .hf_prefix = "backbone."},
+     .experts_key = "n_routed_experts", .inter_key = "moe_intermediate_size", .hf_prefix = "backbone.",
+     .hf_f32_suffixes = {".mixer.A_log", ".mixer.dt_bias", ".mixer.D", ".e_score_correction_bias"}},
     {.name = "deepseek_v3", .model_types = {"deepseek_v3"}, .renames = {}, .hf_experts = kMlpExperts,
      .native_segment = "mlp.experts", .experts_key = "n_routed_experts",
      .inter_key = "moe_intermediate_size", .hf_prefix = "model."},
@@ -220,6 +241,100 @@ const FamilyRules& detect_family(const nlohmann::ordered_json& config) {
   if (config.contains("architectures") && config["architectures"].is_array() && !config["architectures"].empty())
     arch = config["architectures"][0].is_string() ? config["architectures"][0].get<std::string>() : "";
   fail_usage("config.json: model_type '{}' (architectures '{}') is not a known family; pass --family", mt, arch);
+}
+
+namespace {
+
+// Native -> HF for a key in the plain (unwrapped) form: expert naming back, then the renames.
+std::string hf_plain(const FamilyRules& f, std::string_view key, bool keep_names) {
+  std::string k(key);
+  if (!f.native_segment.empty()) {
+    const std::string seg = fmt::format(".{}.", f.native_segment);
+    if (auto m = match_expert(k, ExpertNaming{seg, "gate_proj", "up_proj", "down_proj"})) {
+      const std::string_view hf_proj[3] = {f.hf_experts.gate, f.hf_experts.up, f.hf_experts.down};
+      k = fmt::format("{}{}{}.{}.weight", m->before, f.hf_experts.segment, m->expert, hf_proj[m->proj]);
+    }
+  }
+  if (!keep_names)
+    for (const auto& r : f.hf_renames)
+      if (apply(r, k) && r.last) break;
+  return k;
+}
+
+// The family's wrapping of a native key: MiniMax-M3 MTP transformer layers and Nemotron MTP keys
+// are converted in an inner form, VL language-model keys gain their prefix back.
+struct Wrap {
+  std::string inner;             // the key to convert plainly
+  std::string native_outer;      // native prefix replaced by `inner_prefix` to get `inner`
+  std::string inner_prefix;
+  std::string hf_outer;          // HF prefix put back in place of `inner_prefix`
+  bool plain = true;             // false: pass the key through unchanged (other MTP keys, vision)
+};
+
+Wrap unwrap(const FamilyRules& f, std::string_view key) {
+  Wrap w;
+  w.inner = std::string(key);
+  if (f.vl_m3) {
+    if (key.starts_with("vision_tower.")) {
+      for (std::string_view p : {"vision_tower.multi_modal_projector.", "vision_tower.patch_merge_mlp."})
+        if (key.starts_with(p)) w.inner = std::string(key.substr(13));
+      w.plain = false;
+      return w;
+    }
+    w.hf_outer = "language_model.";
+  }
+  if (f.mtp == MtpRule::Nemotron && key.starts_with("mtp.")) {
+    w.native_outer = "mtp.";
+    w.hf_outer = "mtp.";
+    w.inner = std::string(key.substr(4));
+    return w;
+  }
+  if (f.mtp == MtpRule::MiniMaxM3 && key.starts_with("model.mtp.layers.")) {
+    size_t pos = 17;
+    const auto d = digits(key, pos);
+    if (d && key.substr(pos).starts_with(".transformer_layer.")) {
+      w.native_outer = fmt::format("model.mtp.layers.{}.transformer_layer.", *d);
+      w.inner_prefix = fmt::format("model.layers.{}.", *d);
+      w.hf_outer += w.native_outer;
+      w.inner = w.inner_prefix + std::string(key.substr(w.native_outer.size()));
+    } else {
+      w.inner = w.hf_outer + std::string(key);
+      w.plain = false;
+    }
+  }
+  return w;
+}
+
+std::string rewrap(const Wrap& w, std::string hf_inner) {
+  if (!w.plain) return w.inner;
+  if (!w.inner_prefix.empty() && hf_inner.starts_with(w.inner_prefix))
+    return w.hf_outer + hf_inner.substr(w.inner_prefix.size());
+  return w.hf_outer + hf_inner;
+}
+
+}  // namespace
+
+HfKey map_native_key(const FamilyRules& f, std::string_view key, const MapContext& ctx) {
+  const Wrap w = unwrap(f, key);
+  if (w.plain && !f.native_segment.empty()) {
+    for (std::string_view suffix : {".gate_and_up_projs", ".down_projs"}) {
+      const std::string seg = fmt::format(".{}", f.native_segment);
+      if (!w.inner.ends_with(suffix)) continue;
+      const std::string_view prefix = std::string_view(w.inner).substr(0, w.inner.size() - suffix.size());
+      if (prefix.ends_with(seg) && is_layer_prefix(prefix.substr(0, prefix.size() - seg.size())))
+        return {HfKey::Grouped, std::string(key.substr(0, key.size() - suffix.size())), suffix == ".down_projs", false};
+    }
+  }
+  HfKey h{HfKey::Tensor, rewrap(w, w.plain ? hf_plain(f, w.inner, ctx.keep_names) : w.inner), false, false};
+  for (auto s : f.hf_f32_suffixes)
+    if (h.name.ends_with(s)) h.to_f32 = true;
+  return h;
+}
+
+std::string hf_expert_name(const FamilyRules& f, std::string_view native_prefix, uint64_t e, uint8_t proj,
+                           const MapContext& ctx) {
+  static const std::string_view native_proj[3] = {"gate_proj", "up_proj", "down_proj"};
+  return map_native_key(f, fmt::format("{}.{}.{}.weight", native_prefix, e, native_proj[proj]), ctx).name;
 }
 
 NativeKey map_hf_key(const FamilyRules& f, std::string_view key, const MapContext& ctx) {

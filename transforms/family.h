@@ -35,6 +35,7 @@ struct FamilyRules {
   std::string_view name;
   std::vector<std::string_view> model_types;      // config model_type values that select it
   std::vector<Rename> renames;                    // HF -> native, after expert renaming
+  std::vector<Rename> hf_renames;                 // native -> HF, before expert renaming
   ExpertNaming hf_experts;                        // HF names of routed expert weights
   std::string_view native_segment;                // "mlp.experts" / "mixer.experts"
   bool gated = true;                              // SwiGLU gate+up; false: up only (gate dropped)
@@ -46,6 +47,7 @@ struct FamilyRules {
   bool layer_cutoff = false;                      // drop layers >= num_hidden_layers
   std::string_view experts_key, inter_key;        // config keys: routed experts, MoE intermediate size
   std::string_view hf_prefix;                     // "model." / "backbone."
+  std::vector<std::string_view> hf_f32_suffixes;  // keys written as F32 on export
 };
 
 const std::vector<FamilyRules>& families();
@@ -69,6 +71,19 @@ struct MapContext {
 };
 
 NativeKey map_hf_key(const FamilyRules& f, std::string_view key, const MapContext& ctx);
+
+// What becomes of one native key in the HF layout.
+struct HfKey {
+  enum Kind : uint8_t { Tensor, Grouped } kind = Tensor;
+  std::string name;     // Tensor: the HF name; Grouped: the native prefix "{…}.{seg}"
+  bool down = false;    // Grouped: down_projs (else gate_and_up_projs)
+  bool to_f32 = false;  // Tensor: written as F32
+};
+
+HfKey map_native_key(const FamilyRules& f, std::string_view key, const MapContext& ctx);
+// The HF name of expert `e`'s projection (0 gate, 1 up, 2 down) of grouped prefix `native_prefix`.
+std::string hf_expert_name(const FamilyRules& f, std::string_view native_prefix, uint64_t e, uint8_t proj,
+                           const MapContext& ctx);
 
 // The config object that describes the language model (a VLM's text_config, else the config).
 const nlohmann::ordered_json& text_config(const nlohmann::ordered_json& config);

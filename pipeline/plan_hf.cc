@@ -1,0 +1,87 @@
+// Native -> HF planning (SPEC §4 "hf direction"): the exact inverse of plan_native. Grouped
+// experts are split back into contiguous per-expert [out, in] tensors — each a transposed piece of
+// the grouped tensor — named with the family's HF names; other keys are renamed back.
+#include <fmt/format.h>
+
+#include "formats/error.h"
+#include "pipeline/plan.h"
+#include "transforms/family.h"
+
+namespace ckpt {
+
+namespace {
+
+// Expert `e`'s block of a grouped tensor viewed as [E * a, b]: rows [e*a, (e+1)*a), columns
+// [col0, col0 + cols), transposed into a [cols, a] output tensor.
+PlannedTensor expert_slice(std::string name, const TensorRef& grouped, uint64_t e, uint64_t a, uint64_t b,
+                           uint64_t col0, uint64_t cols) {
+  PlannedTensor t;
+  t.out = {std::move(name), grouped.info->dtype, {cols, a}};
+  t.nbytes = t.out.nbytes();
+  t.rows = cols;
+  t.row_len = a;
+  Piece p;
+  p.input = grouped;
+  p.in_cols = b;
+  p.in_row0 = e * a;
+  p.in_col0 = col0;
+  p.rows = a;
+  p.cols = cols;
+  p.transpose = true;
+  t.pieces.push_back(p);
+  return t;
+}
+
+uint64_t moe_inter(const nlohmann::ordered_json& tc) {
+  for (const char* k : {"moe_intermediate_size", "intermediate_size"})
+    if (tc.contains(k) && tc[k].is_number_unsigned()) return tc[k].get<uint64_t>();
+  fail_input("config.json: neither 'moe_intermediate_size' nor 'intermediate_size' is set; it sizes the experts");
+}
+
+}  // namespace
+
+void plan_hf(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
+  if (!ck.config() && opt.family == "auto")
+    fail_usage("{}: no config.json to detect the family from; pass --family", ck.dir().string());
+  const FamilyRules& f = opt.family == "auto" ? detect_family(*ck.config()) : family(opt.family);
+  static const nlohmann::ordered_json kEmpty = nlohmann::ordered_json::object();
+  const nlohmann::ordered_json& tc = text_config(ck.config() ? *ck.config() : kEmpty);
+  MapContext ctx;
+  ctx.keep_names = f.mistral_vlm_names && tc.value("model_type", "") == "ministral3" &&
+                   tc.value("num_hidden_layers", uint64_t{0}) == 88;
+
+  for (const TensorRef& t : ck.tensors()) {
+    const HfKey h = map_native_key(f, t.name(), ctx);
+    if (h.kind == HfKey::Tensor) {
+      plan.tensors.push_back(whole_tensor(h.name, t, h.to_f32 ? DType::F32 : t.info->dtype));
+      continue;
+    }
+    const auto& shape = t.info->shape;
+    if (shape.size() != 3) fail_input("'{}' is {}, expected a 3-d grouped tensor", t.name(), shape_str(shape));
+    const uint64_t inter = moe_inter(tc);
+    if (h.down && shape[1] != inter) {  // upstream leaves such a tensor as it is
+      plan.tensors.push_back(whole_tensor(t.name(), t, t.info->dtype));
+      continue;
+    }
+    const uint64_t experts = tc.value(std::string(f.experts_key), uint64_t{0});
+    if (shape[0] != experts)
+      fail_input("'{}' holds {} experts but config.json '{}' is {}: an expert-parallel slice cannot be exported",
+                 t.name(), shape[0], f.experts_key, experts);
+    const uint64_t width = f.gated ? 2 * inter : inter;
+    if (!h.down && shape[2] != width)
+      fail_input("'{}' is {}, but config.json MoE intermediate size {} makes its last dimension {}", t.name(),
+                 shape_str(shape), inter, width);
+    for (uint64_t e = 0; e < experts; ++e) {
+      if (h.down) {
+        plan.tensors.push_back(expert_slice(hf_expert_name(f, h.name, e, 2, ctx), t, e, inter, shape[2], 0, shape[2]));
+        continue;
+      }
+      if (f.gated)
+        plan.tensors.push_back(expert_slice(hf_expert_name(f, h.name, e, 0, ctx), t, e, shape[1], width, 0, inter));
+      plan.tensors.push_back(
+          expert_slice(hf_expert_name(f, h.name, e, 1, ctx), t, e, shape[1], width, f.gated ? inter : 0, inter));
+    }
+  }
+}
+
+}  // namespace ckpt
