@@ -59,6 +59,9 @@ int run_convert(const ConvertArgs& a) {
   o.plan.mtp = a.mtp == "on" ? MtpMode::On : a.mtp == "off" ? MtpMode::Off : MtpMode::Auto;
   o.plan.ep_rank = a.ep_rank;
   o.plan.ep_size = a.ep_size.value_or(1);
+  o.plan.quantize = a.quantize == "real"          ? QuantizeMode::Real
+                    : a.quantize == "placeholder" ? QuantizeMode::Placeholder
+                                                  : QuantizeMode::None;
   o.memory_budget = parse_size(a.budget, "--memory-budget");
   o.threads = a.threads;
   o.overwrite = a.overwrite;

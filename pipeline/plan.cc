@@ -120,6 +120,7 @@ Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
   for (const auto& t : plan.tensors) {
     plan.output_bytes += t.nbytes;
     plan.dequantized += t.dequantizes();
+    plan.quantized += t.quantize != QuantizeMode::None && t.scale_of < 0;
     for (const auto& p : t.pieces)
       for (const TensorInfo* i : {p.input.info, p.scale.info})
         if (i && read.insert(i).second) plan.input_bytes += i->nbytes();

@@ -39,6 +39,8 @@ struct Piece {
   uint64_t out_cols() const { return transpose ? rows : cols; }
 };
 
+enum class QuantizeMode : uint8_t { None, Placeholder, Real };
+
 struct PlannedTensor {
   OutTensor out;
   uint32_t shard = 0;
@@ -49,6 +51,11 @@ struct PlannedTensor {
   // Work items never straddle a multiple of `segment_rows` output rows; a segment's inputs are
   // released when its last item is written. Grouped experts use one segment per expert slot.
   uint64_t segment_rows = 0;       // 0: the whole tensor is one segment
+  // FP8 export (--to hf --quantize): this tensor holds the e4m3 codes of its pieces' values, or
+  // — with `scale_of` — the scales of the planned tensor at that index, in `qscheme`.
+  QuantizeMode quantize = QuantizeMode::None;
+  ScaleScheme qscheme = ScaleScheme::Block;
+  int64_t scale_of = -1;
   bool dequantizes() const;
   // A single untransformed piece: the bytes are written straight from the input map.
   bool is_copy() const;
@@ -63,6 +70,8 @@ struct Plan {
   uint64_t input_bytes = 0;            // bytes the conversion reads
   uint64_t output_bytes = 0;           // tensor bytes it writes
   uint64_t dequantized = 0;            // tensors dequantized
+  uint64_t quantized = 0;              // tensors written as FP8 (hf --quantize)
+  std::optional<ScaleScheme> export_scheme;  // set when FP8 was exported
 };
 
 enum class MtpMode : uint8_t { Auto, On, Off };
@@ -75,6 +84,7 @@ struct PlanOptions {
   MtpMode mtp = MtpMode::Auto;
   std::optional<uint32_t> ep_rank;      // with ep_size > 1: write this rank's experts only
   uint32_t ep_size = 1;
+  QuantizeMode quantize = QuantizeMode::None;  // hf: FP8 export of the family's FP8 keys
 };
 
 // Expert parallelism's range rule (SPEC §3): rank r of n holds experts [first, last).

@@ -32,6 +32,48 @@ PlannedTensor expert_slice(std::string name, const TensorRef& grouped, uint64_t 
   return t;
 }
 
+uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+
+// Adds `t` to the plan — as FP8 codes plus a "_scale_inv" partner when the family exports it as
+// FP8 under --quantize.
+void add(Plan& plan, const FamilyRules& f, const PlanOptions& opt, PlannedTensor t) {
+  if (opt.quantize == QuantizeMode::None || !fp8_export_key(f, t.out.name)) {
+    plan.tensors.push_back(std::move(t));
+    return;
+  }
+  const auto scheme = static_cast<ScaleScheme>(f.export_scheme);
+  if (scheme != ScaleScheme::PerTensor && t.out.shape.size() != 2)
+    fail_input("'{}' is {}; block and MXFP8 scales need a 2-d weight", t.out.name, shape_str(t.out.shape));
+  PlannedTensor sc;
+  sc.out.name = t.out.name + "_scale_inv";
+  const uint64_t rows = t.rows, cols = t.row_len;
+  switch (scheme) {
+    case ScaleScheme::Block:
+      sc.out.dtype = DType::F32;
+      sc.out.shape = {ceil_div(rows, 128), ceil_div(cols, 128)};
+      break;
+    case ScaleScheme::Mx:
+      sc.out.dtype = DType::U8;
+      sc.out.shape = {rows, ceil_div(cols, kMxBlock)};
+      break;
+    case ScaleScheme::PerTensor:
+      sc.out.dtype = opt.quantize == QuantizeMode::Real ? DType::F32 : DType::BF16;
+      sc.out.shape = {};
+      break;
+  }
+  sc.rows = sc.out.shape.empty() ? 1 : sc.out.shape[0];
+  sc.row_len = sc.out.shape.size() == 2 ? sc.out.shape[1] : 1;
+  sc.nbytes = sc.out.nbytes();
+  sc.quantize = t.quantize = opt.quantize;
+  sc.qscheme = t.qscheme = scheme;
+  t.out.dtype = DType::F8_E4M3;
+  t.nbytes = t.out.nbytes();
+  sc.scale_of = static_cast<int64_t>(plan.tensors.size());
+  plan.tensors.push_back(std::move(t));
+  plan.tensors.push_back(std::move(sc));
+  plan.export_scheme = scheme;
+}
+
 uint64_t moe_inter(const nlohmann::ordered_json& tc) {
   for (const char* k : {"moe_intermediate_size", "intermediate_size"})
     if (tc.contains(k) && tc[k].is_number_unsigned()) return tc[k].get<uint64_t>();
@@ -46,6 +88,8 @@ void plan_hf(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
   const FamilyRules& f = opt.family == "auto" ? detect_family(*ck.config()) : family(opt.family);
   static const nlohmann::ordered_json kEmpty = nlohmann::ordered_json::object();
   const nlohmann::ordered_json& tc = text_config(ck.config() ? *ck.config() : kEmpty);
+  if (opt.quantize != QuantizeMode::None && f.fp8_export == Fp8Export::None)
+    fail_usage("--quantize: {} has no FP8 release to export to", f.name);
   MapContext ctx;
   ctx.keep_names = f.mistral_vlm_names && tc.value("model_type", "") == "ministral3" &&
                    tc.value("num_hidden_layers", uint64_t{0}) == 88;
@@ -53,7 +97,7 @@ void plan_hf(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
   for (const TensorRef& t : ck.tensors()) {
     const HfKey h = map_native_key(f, t.name(), ctx);
     if (h.kind == HfKey::Tensor) {
-      plan.tensors.push_back(whole_tensor(h.name, t, h.to_f32 ? DType::F32 : t.info->dtype));
+      add(plan, f, opt, whole_tensor(h.name, t, h.to_f32 ? DType::F32 : t.info->dtype));
       continue;
     }
     const auto& shape = t.info->shape;
@@ -73,12 +117,12 @@ void plan_hf(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
                  shape_str(shape), inter, width);
     for (uint64_t e = 0; e < experts; ++e) {
       if (h.down) {
-        plan.tensors.push_back(expert_slice(hf_expert_name(f, h.name, e, 2, ctx), t, e, inter, shape[2], 0, shape[2]));
+        add(plan, f, opt, expert_slice(hf_expert_name(f, h.name, e, 2, ctx), t, e, inter, shape[2], 0, shape[2]));
         continue;
       }
       if (f.gated)
-        plan.tensors.push_back(expert_slice(hf_expert_name(f, h.name, e, 0, ctx), t, e, shape[1], width, 0, inter));
-      plan.tensors.push_back(
+        add(plan, f, opt, expert_slice(hf_expert_name(f, h.name, e, 0, ctx), t, e, shape[1], width, 0, inter));
+      add(plan, f, opt,
           expert_slice(hf_expert_name(f, h.name, e, 1, ctx), t, e, shape[1], width, f.gated ? inter : 0, inter));
     }
   }

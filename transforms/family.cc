@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "formats/error.h"
+#include "transforms/scheme.h"
 
 namespace ckpt {
 
@@ -37,17 +38,33 @@ std::vector<Rename> m3_hf_renames() {
   return r;
 }
 
+const std::vector<std::string_view> kMiniMaxNoFp8 = {
+    "input_layernorm.weight", "post_attention_layernorm.weight", "norm.weight", "lm_head.weight",
+    "embed_tokens.weight", "self_attn.q_norm.weight", "self_attn.k_norm.weight",
+    "block_sparse_moe.gate.weight", "mlp.gate.weight", ".lora_"};
+const std::vector<std::string_view> kDeepSeekNoFp8 = {
+    "input_layernorm.weight", "post_attention_layernorm.weight", "norm.weight", "lm_head.weight",
+    "embed_tokens.weight", "mlp.gate.weight", ".lora_"};
+const std::vector<std::string_view> kMistralNoFp8 = {
+    "embed_tokens.weight", "lm_head.weight", "input_layernorm.weight", "post_attention_layernorm.weight",
+    "model.norm.weight"};
+constexpr uint8_t kBlock = static_cast<uint8_t>(ScaleScheme::Block);
+constexpr uint8_t kMx = static_cast<uint8_t>(ScaleScheme::Mx);
+constexpr uint8_t kPerTensor = static_cast<uint8_t>(ScaleScheme::PerTensor);
+
 const std::vector<FamilyRules> kFamilies = {
     {.name = "minimax_m2", .model_types = {"minimax_m2", "minimax"}, .renames = kMiniMaxRenames,
      .hf_renames = kMiniMaxHfRenames, .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts",
-     .experts_key = "num_local_experts", .inter_key = "intermediate_size", .hf_prefix = "model."},
+     .experts_key = "num_local_experts", .inter_key = "intermediate_size", .hf_prefix = "model.",
+     .fp8_export = Fp8Export::Excluding, .fp8_exclude = kMiniMaxNoFp8, .export_scheme = kBlock},
     {.name = "minimax_m3", .model_types = {"minimax_m3"}, .renames = m3_renames(),
      .hf_renames = m3_hf_renames(), .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts", .mtp = MtpRule::MiniMaxM3,
-     .experts_key = "num_local_experts", .inter_key = "intermediate_size", .hf_prefix = "model."},
+     .experts_key = "num_local_experts", .inter_key = "intermediate_size", .hf_prefix = "model.",
+     .fp8_export = Fp8Export::M3Layers, .export_scheme = kMx},
     {.name = "minimax_m3_vl", .model_types = {"minimax_m3_vl"}, .renames = m3_renames(),
      .hf_renames = m3_hf_renames(), .hf_experts = kMiniMaxExperts, .native_segment = "mlp.experts", .mtp = MtpRule::MiniMaxM3,
      .vl_m3 = true, .experts_key = "num_local_experts", .inter_key = "intermediate_size",
-     .hf_prefix = "model."},
+     .hf_prefix = "model.", .fp8_export = Fp8Export::M3Layers, .export_scheme = kMx},
     {.name = "mistral3_vlm", .model_types = {"mistral3"},
      .renames = {{R::Whole, "language_model.lm_head.weight", "lm_head.weight", true},
                  {R::Prefix, "language_model.model.", "model.language_model.", true},
@@ -59,9 +76,11 @@ const std::vector<FamilyRules> kFamilies = {
                     {R::Prefix, "model.vision_tower.", "vision_tower.", true},
                     {R::Prefix, "model.multi_modal_projector.", "multi_modal_projector.", true}},
      .hf_experts = {}, .native_segment = "", .mistral_scales = true, .mistral_vlm_names = true,
-     .hf_prefix = "model."},
+     .hf_prefix = "model.", .fp8_export = Fp8Export::Mistral, .fp8_exclude = kMistralNoFp8,
+     .export_scheme = kPerTensor},
     {.name = "mistral3_causal", .model_types = {"ministral3", "mistral"}, .renames = {},
-     .hf_experts = {}, .native_segment = "", .mistral_scales = true, .hf_prefix = "model."},
+     .hf_experts = {}, .native_segment = "", .mistral_scales = true, .hf_prefix = "model.",
+     .fp8_export = Fp8Export::Mistral, .fp8_exclude = kMistralNoFp8, .export_scheme = kPerTensor},
     {.name = "nemotron_v3", .model_types = {"nemotron_h", "nemotron_v3"},
      .renames = {{R::Whole, "backbone.norm_f.weight", "model.norm.weight", true},
                  {R::Whole, "backbone.embeddings.weight", "model.embed_tokens.weight", true},
@@ -79,7 +98,8 @@ const std::vector<FamilyRules> kFamilies = {
      .hf_f32_suffixes = {".mixer.A_log", ".mixer.dt_bias", ".mixer.D", ".e_score_correction_bias"}},
     {.name = "deepseek_v3", .model_types = {"deepseek_v3"}, .renames = {}, .hf_experts = kMlpExperts,
      .native_segment = "mlp.experts", .experts_key = "n_routed_experts",
-     .inter_key = "moe_intermediate_size", .hf_prefix = "model."},
+     .inter_key = "moe_intermediate_size", .hf_prefix = "model.", .fp8_export = Fp8Export::Excluding,
+     .fp8_exclude = kDeepSeekNoFp8, .export_scheme = kBlock},
 };
 
 bool apply(const Rename& r, std::string& key) {
@@ -335,6 +355,64 @@ std::string hf_expert_name(const FamilyRules& f, std::string_view native_prefix,
                            const MapContext& ctx) {
   static const std::string_view native_proj[3] = {"gate_proj", "up_proj", "down_proj"};
   return map_native_key(f, fmt::format("{}.{}.{}.weight", native_prefix, e, native_proj[proj]), ctx).name;
+}
+
+namespace {
+
+// MiniMax-M3's FP8 set: ".layers.{N}.{tail}" for the tails below, with "{E}" an expert id; an
+// MTP transformer layer is judged on its "model.layers.{d}." form.
+bool m3_fp8_key(std::string_view key) {
+  static const std::string_view kTails[] = {
+      "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+      "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+      "block_sparse_moe.experts.{E}.w1.weight", "block_sparse_moe.experts.{E}.w2.weight",
+      "block_sparse_moe.experts.{E}.w3.weight", "block_sparse_moe.shared_experts.gate_proj.weight",
+      "block_sparse_moe.shared_experts.up_proj.weight", "block_sparse_moe.shared_experts.down_proj.weight"};
+  std::string k(key);
+  if (const auto at = k.find("mtp.layers."); at != std::string::npos) {
+    size_t pos = at + 11;
+    if (digits(k, pos) && std::string_view(k).substr(pos).starts_with(".transformer_layer."))
+      k.erase(pos, 18), k.erase(at, 4);  // "mtp.layers.{d}.transformer_layer." -> "layers.{d}."
+  }
+  const auto at = k.find(".layers.");
+  if (at == std::string::npos) return false;
+  size_t pos = at + 8;
+  if (!digits(k, pos) || pos >= k.size() || k[pos] != '.') return false;
+  const std::string_view tail = std::string_view(k).substr(pos + 1);
+  for (std::string_view t : kTails) {
+    const auto e = t.find("{E}");
+    if (e == std::string_view::npos) {
+      if (tail == t) return true;
+      continue;
+    }
+    if (!tail.starts_with(t.substr(0, e))) continue;
+    size_t p = e;
+    if (digits(tail, p) && tail.substr(p) == t.substr(e + 3)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool fp8_export_key(const FamilyRules& f, std::string_view key) {
+  switch (f.fp8_export) {
+    case Fp8Export::None: return false;
+    case Fp8Export::Excluding:
+      if (!key.ends_with(".weight")) return false;
+      for (auto x : f.fp8_exclude)
+        if (key.find(x) != std::string_view::npos) return false;
+      return true;
+    case Fp8Export::M3Layers:
+      if (f.vl_m3 && !key.starts_with("language_model.")) return false;
+      return m3_fp8_key(key);
+    case Fp8Export::Mistral:
+      if (!key.ends_with(".weight") || key.starts_with("vision_tower.") || key.starts_with("multi_modal_projector."))
+        return false;
+      for (auto x : f.fp8_exclude)
+        if (key.ends_with(x)) return false;
+      return true;
+  }
+  return false;
 }
 
 NativeKey map_hf_key(const FamilyRules& f, std::string_view key, const MapContext& ctx) {

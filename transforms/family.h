@@ -31,6 +31,14 @@ struct ExpertNaming {
 
 enum class MtpRule : uint8_t { None, MiniMaxM3, Nemotron };
 
+// Which HF keys `--to hf --quantize` stores as FP8 (SPEC §4, per family).
+enum class Fp8Export : uint8_t {
+  None,        // the family has no FP8 release
+  Excluding,   // every ".weight" key except those containing one of `fp8_exclude`
+  M3Layers,    // MiniMax-M3's attention, dense MLP, expert and shared-expert projections
+  Mistral,     // ".weight" keys except those ending in `fp8_exclude`, vision tower and projector
+};
+
 struct FamilyRules {
   std::string_view name;
   std::vector<std::string_view> model_types;      // config model_type values that select it
@@ -48,7 +56,13 @@ struct FamilyRules {
   std::string_view experts_key, inter_key;        // config keys: routed experts, MoE intermediate size
   std::string_view hf_prefix;                     // "model." / "backbone."
   std::vector<std::string_view> hf_f32_suffixes;  // keys written as F32 on export
+  Fp8Export fp8_export = Fp8Export::None;
+  std::vector<std::string_view> fp8_exclude;
+  uint8_t export_scheme = 0;                      // ScaleScheme of the family's FP8 release
 };
+
+// Whether `--quantize` stores the HF key `key` as FP8 for family `f`.
+bool fp8_export_key(const FamilyRules& f, std::string_view key);
 
 const std::vector<FamilyRules>& families();
 const FamilyRules& family(std::string_view name);  // throws a usage error for unknown names
