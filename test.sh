@@ -8,6 +8,5 @@ ckpt_install_deps
 ckpt_build
 (cd build && ctest --output-on-failure -j"$(nproc)")
 if [ -x ../shared/conformance/run.sh ]; then
-  # Directions this build implements; the rest arrive with the model-family rules.
-  ../shared/conformance/run.sh build/ckptconv '\.(dequant|native|ep_)'
+  ../shared/conformance/run.sh build/ckptconv
 fi

@@ -58,22 +58,46 @@ void check_free_space(const fs::path& dir, const Plan& plan) {
          dir.string(), need, avail);
 }
 
+// The quantization_config an FP8 export declares, as the hub releases of each scheme write it.
+nlohmann::ordered_json export_quantization_config(ScaleScheme scheme) {
+  nlohmann::ordered_json q = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"activation_scheme", "dynamic"}};
+  switch (scheme) {
+    case ScaleScheme::Block: q["weight_block_size"] = {128, 128}; break;
+    case ScaleScheme::Mx:
+      q["weight_block_size"] = {1, kMxBlock};
+      q["scale_fmt"] = "ue8m0";
+      break;
+    case ScaleScheme::PerTensor:
+      q["weight_block_size"] = nullptr;
+      q["modules_to_not_convert"] = {"model.vision_tower", "model.multi_modal_projector", "lm_head"};
+      break;
+  }
+  return q;
+}
+
 // config.json for the output: after dequantization `quantization_config` goes and `torch_dtype`
-// names the output dtype, at the top level and in a VLM's `text_config`.
+// names the output dtype, at the top level and in a VLM's `text_config`; an FP8 export declares
+// its scheme where the family's release keeps it (a VLM's text_config when it has one).
 std::optional<std::string> output_config(const Checkpoint& ck, const Plan& plan) {
   if (!ck.config()) return std::nullopt;
   nlohmann::ordered_json cfg = *ck.config();
+  const bool nested = cfg.contains("text_config") && cfg["text_config"].is_object();
   if (plan.dequantized > 0) {
     const std::string dtype(torch_dtype_name(plan.dtype));
     // The nested object first: ordered_json keeps members in a vector, so editing the outer
     // object moves the inner one.
-    if (cfg.contains("text_config") && cfg["text_config"].is_object()) {
+    if (nested) {
       auto& text = cfg["text_config"];
       text.erase("quantization_config");
       if (text.contains("torch_dtype")) text["torch_dtype"] = dtype;
     }
     cfg.erase("quantization_config");
     cfg["torch_dtype"] = dtype;
+  }
+  if (plan.export_scheme) {
+    const auto q = export_quantization_config(*plan.export_scheme);
+    if (nested && plan.export_scheme != ScaleScheme::PerTensor) cfg["text_config"]["quantization_config"] = q;
+    else cfg["quantization_config"] = q;
   }
   return cfg.dump(2) + "\n";
 }

@@ -48,7 +48,7 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
 TEST_CASE("conformance cases reproduce the reference bit for bit", "[conformance]") {
   const fs::path dir = fs::path(CKPT_TEST_DATA) / "conformance";
   const auto cases = load_cases();
-  REQUIRE(cases.size() >= 21);
+  REQUIRE(cases.size() >= 34);
   for (Isa isa : supported_isas()) {
     for (const auto& c : cases) {
       test::TempDir tmp;

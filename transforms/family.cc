@@ -233,6 +233,16 @@ NativeKey map_nemotron(const FamilyRules& f, std::string_view key, const MapCont
 
 const std::vector<FamilyRules>& families() { return kFamilies; }
 
+std::optional<uint64_t> layer_index(std::string_view name) {
+  for (std::string_view p : {"model.language_model.", "language_model.", "model.", ""}) {
+    if (!name.starts_with(p) || !name.substr(p.size()).starts_with("layers.")) continue;
+    size_t pos = p.size() + 7;
+    const auto l = digits(name, pos);
+    if (l && pos < name.size() && name[pos] == '.') return l;
+  }
+  return std::nullopt;
+}
+
 const FamilyRules& family(std::string_view name) {
   for (const auto& f : kFamilies)
     if (f.name == name) return f;

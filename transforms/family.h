@@ -99,6 +99,9 @@ HfKey map_native_key(const FamilyRules& f, std::string_view key, const MapContex
 std::string hf_expert_name(const FamilyRules& f, std::string_view native_prefix, uint64_t e, uint8_t proj,
                            const MapContext& ctx);
 
+// L for a name "{p}layers.{L}.…" of the language model (p one of SPEC §3's prefixes), else none.
+std::optional<uint64_t> layer_index(std::string_view name);
+
 // The config object that describes the language model (a VLM's text_config, else the config).
 const nlohmann::ordered_json& text_config(const nlohmann::ordered_json& config);
 
