@@ -47,8 +47,6 @@ int run_convert(const ConvertArgs& a) {
     if (a.ep_size && *a.ep_size == 0) fail_usage("--ep-size must be at least 1");
     if (a.ep_rank && *a.ep_rank >= *a.ep_size)
       fail_usage("--ep-rank {} is not below --ep-size {}", *a.ep_rank, *a.ep_size);
-    if (a.ep_size && *a.ep_size > 1 && !a.ep_rank)
-      fail_usage("--ep-size without --ep-rank (all ranks in one pass) is not available yet; pass --ep-rank");
     if (*dir == Direction::Native && a.quantize != "none") fail_usage("--quantize applies to --to hf only");
   }
   if (a.device == "cuda") fail_usage("--device cuda: this build has no CUDA support; use --device cpu");
@@ -143,7 +141,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   conv->add_option("--dtype", ca.dtype, "Output dtype of dequantized weights: bf16, f16, f32")->capture_default_str();
   conv->add_option("--ep-rank", ca.ep_rank, "Expert-parallel rank to write (with --ep-size)");
-  conv->add_option("--ep-size", ca.ep_size, "Expert-parallel world size");
+  conv->add_option("--ep-size", ca.ep_size,
+                   "Expert-parallel world size; without --ep-rank every rank is written, to rank-0000/ ...");
   conv->add_option("--mtp", ca.mtp, "Multi-token-prediction layers: auto, on, off")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "on", "off"}));

@@ -110,55 +110,111 @@ std::string read_file(const fs::path& f) {
 
 }  // namespace
 
+namespace {
+
+// One output directory and its plan: the whole conversion, or one expert-parallel rank of
+// `--ep-size N` without `--ep-rank`.
+struct Target {
+  fs::path dir;
+  Plan plan;
+};
+
+// All targets' tensors as one plan for a single pass of the executor; shard indices follow the
+// writers, which are the targets' shards in order.
+Plan merged(const std::vector<Target>& targets) {
+  if (targets.size() == 1) return targets[0].plan;
+  Plan all;
+  uint32_t shard_base = 0;
+  for (const auto& t : targets) {
+    const auto tensor_base = static_cast<int64_t>(all.tensors.size());
+    for (PlannedTensor p : t.plan.tensors) {
+      p.shard += shard_base;
+      if (p.scale_of >= 0) p.scale_of += tensor_base;
+      all.tensors.push_back(std::move(p));
+    }
+    shard_base += static_cast<uint32_t>(t.plan.shards.size());
+    all.output_bytes += t.plan.output_bytes;
+  }
+  return all;
+}
+
+// Stages the side files, config and index of a target, removes what --overwrite replaces, and
+// returns what to publish after the shards.
+std::pair<std::vector<StagedFile>, std::optional<StagedFile>> stage(const Checkpoint& ck, const Target& t,
+                                                                     bool overwrite) {
+  std::vector<StagedFile> staged;
+  for (const auto& f : ck.side_files()) staged.emplace_back(t.dir / f.filename(), read_file(f));
+  const auto config = output_config(ck, t.plan);
+  if (config) staged.emplace_back(t.dir / "config.json", *config);
+  std::optional<StagedFile> index;
+  if (t.plan.shards.size() > 1) index.emplace(t.dir / kIndexName, index_json(t.plan.shards));
+  if (overwrite)  // the previous checkpoint goes only now that ours is ready
+    for (const auto& e : fs::directory_iterator(t.dir))
+      if (e.is_regular_file() && (is_our_output(e.path()) || (!config && e.path().filename() == "config.json")))
+        fs::remove(e.path());
+  return {std::move(staged), std::move(index)};
+}
+
+}  // namespace
+
 ConvertSummary convert(const ConvertOptions& opt) {
   const auto t0 = Clock::now();
   if (opt.memory_budget < kMinMemoryBudget)
     fail_usage("--memory-budget must be at least {} bytes", kMinMemoryBudget);
   ConvertSummary sum;
   const Checkpoint ck = Checkpoint::open(opt.in);
-  const Plan plan = make_plan(ck, opt.plan);
+  std::vector<Target> targets;
+  if (opt.plan.ep_size > 1 && !opt.plan.ep_rank) {
+    for (uint32_t r = 0; r < opt.plan.ep_size; ++r) {
+      PlanOptions po = opt.plan;
+      po.ep_rank = r;
+      targets.push_back({opt.out / fmt::format("rank-{:04d}", r), make_plan(ck, po)});
+    }
+  } else {
+    targets.push_back({opt.out, make_plan(ck, opt.plan)});
+  }
   sum.plan_s = since(t0);
 
   prepare_out_dir(opt, ck);
-  check_free_space(opt.out, plan);
-
   std::vector<std::unique_ptr<ShardWriter>> writers;
-  for (const auto& s : plan.shards) writers.push_back(std::make_unique<ShardWriter>(opt.out, s));
+  for (const auto& t : targets) {
+    std::error_code ec;
+    fs::create_directories(t.dir, ec);
+    if (ec) fail(ErrorKind::Io, "{}: cannot create: {}", t.dir.string(), ec.message());
+    check_free_space(t.dir, t.plan);
+    for (const auto& s : t.plan.shards) writers.push_back(std::make_unique<ShardWriter>(t.dir, s));
+  }
+  const Plan all = merged(targets);
 
   const auto t1 = Clock::now();
   {
-    Progress progress("converting", plan.output_bytes, opt.progress);
+    Progress progress("converting", all.output_bytes, opt.progress);
     ExecOptions eo;
     eo.threads = opt.threads;
     eo.memory_budget = opt.memory_budget;
     eo.progress = &progress.counter();
-    sum.exec = execute(plan, writers, eo);
+    sum.exec = execute(all, writers, eo);
   }
   // Everything else is staged before the first shard is published, so that what can fail has
-  // failed while nothing is under a final name; the index, published last, marks completion.
-  std::vector<StagedFile> staged;
-  for (const auto& f : ck.side_files()) staged.emplace_back(opt.out / f.filename(), read_file(f));
-  const auto config = output_config(ck, plan);
-  if (config) staged.emplace_back(opt.out / "config.json", *config);
-  std::optional<StagedFile> index;
-  if (plan.shards.size() > 1) index.emplace(opt.out / kIndexName, index_json(plan.shards));
-
-  if (opt.overwrite)  // the previous checkpoint goes only now that ours is ready
-    for (const auto& e : fs::directory_iterator(opt.out))
-      if (e.is_regular_file() && (is_our_output(e.path()) || (!config && e.path().filename() == "config.json")))
-        fs::remove(e.path());
+  // failed while nothing is under a final name; each index, published last, marks completion.
+  std::vector<std::pair<std::vector<StagedFile>, std::optional<StagedFile>>> staged;
+  for (const auto& t : targets) staged.push_back(stage(ck, t, opt.overwrite));
   for (auto& w : writers) w->commit();
-  for (auto& f : staged) f.commit();
-  if (index) index->commit();
+  for (auto& [files, index] : staged) {
+    for (auto& f : files) f.commit();
+    if (index) index->commit();
+  }
   sum.execute_s = since(t1);
 
   sum.input_tensors = ck.tensors().size();
-  sum.output_tensors = plan.tensors.size();
-  sum.dequantized = plan.dequantized;
-  sum.dropped = plan.dropped.size();
-  sum.input_bytes = plan.input_bytes;
-  sum.output_bytes = plan.output_bytes;
-  sum.shards = plan.shards.size();
+  for (const auto& t : targets) {
+    sum.output_tensors += t.plan.tensors.size();
+    sum.dequantized += t.plan.dequantized;
+    sum.dropped = t.plan.dropped.size();
+    sum.input_bytes = std::max(sum.input_bytes, t.plan.input_bytes);
+    sum.output_bytes += t.plan.output_bytes;
+    sum.shards += t.plan.shards.size();
+  }
   sum.total_s = since(t0);
   sum.peak_rss_bytes = peak_rss_bytes();
   sum.isa = std::string(isa_name(kernels().isa));
