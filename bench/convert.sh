@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# FP8 -> BF16 dequantization benchmark against the floor of the same filesystem.
+# Conversion benchmark against the floor of the same filesystem.
 #
-#   bench/dequant.sh [SIZE] [DIR] [RUNS] [FAMILY]      (defaults: 2GB /dev/shm 5 minimax_m2)
+#   bench/convert.sh [SIZE] [DIR] [RUNS] [FAMILY] [TO]   (defaults: 2GB /dev/shm 5 minimax_m2 dequant)
 #
-# Synthesizes a FP8 checkpoint of SIZE in DIR, then RUNS times, interleaved:
-#   convert --to dequant into DIR (wall time and peak RSS from /usr/bin/time),
+# Synthesizes an FP8 checkpoint of FAMILY and SIZE in DIR, then RUNS times, interleaved:
+#   convert --to TO (dequant or native) into DIR (wall time and peak RSS from /usr/bin/time),
 #   cp of the same output bytes (the conversion's own output) to another file in DIR,
 #   dd of the same bytes with 16 MiB blocks (a second floor: large sequential reads and writes).
 # Prints every run and the medians. DIR must hold the input, one output and one copy at once;
 # CKPT_BENCH_CP=0 skips the copy (for sizes where only time and peak RSS are wanted).
 set -euo pipefail
-size=${1:-2GB}; dir=${2:-/dev/shm}; runs=${3:-5}; family=${4:-minimax_m2}
+size=${1:-2GB}; dir=${2:-/dev/shm}; runs=${3:-5}; family=${4:-minimax_m2}; to=${5:-dequant}
 here=$(cd "$(dirname "$0")/.." && pwd)
 ck=${CKPTCONV:-$here/build/ckptconv}
 work=$(mktemp -d "$dir/ckpt-bench.XXXXXX")
@@ -23,8 +23,8 @@ calc() { awk "BEGIN {print $1}"; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 conv_t=(); conv_rss=(); cp_t=(); dd_t=()
 for i in $(seq "$runs"); do
-  /usr/bin/time -f "%e %M" -o "$work/time" $ck convert --in "$work/in" --out "$work/out" --to dequant \
-      --dtype bf16 ${CKPT_BENCH_ARGS:-} >/dev/null
+  /usr/bin/time -f "%e %M" -o "$work/time" $ck convert --in "$work/in" --out "$work/out" --to "$to" \
+      --family "$family" --dtype bf16 ${CKPT_BENCH_ARGS:-} >/dev/null
   read -r t rss < "$work/time"
   out_bytes=$(du -cb "$work"/out/*.safetensors | tail -n1 | cut -f1)
   c=0; d=0
@@ -44,7 +44,7 @@ done
 mt=$(printf '%s\n' "${conv_t[@]}" | median); mc=$(printf '%s\n' "${cp_t[@]}" | median)
 md=$(printf '%s\n' "${dd_t[@]}" | median)
 mr=$(printf '%s\n' "${conv_rss[@]}" | sort -n | tail -n1)
-printf '%s %s in %s: input %.2f GB, output %.2f GB, %d runs\n' "$family" "$size" "$dir" \
+printf '%s %s --to %s in %s: input %.2f GB, output %.2f GB, %d runs\n' "$family" "$size" "$to" "$dir" \
   "$(calc "$in_bytes/1e9")" "$(calc "$out_bytes/1e9")" "$runs"
 printf 'median convert %.2f s (%.2f GB/s out), max peak RSS %.1f MiB\n' "$mt" "$(calc "$out_bytes/$mt/1e9")" "$(calc "$mr/1024")"
 if [ "${CKPT_BENCH_CP:-1}" != 0 ]; then
