@@ -86,9 +86,11 @@ void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
   ctx.keep_names = f.mistral_vlm_names && tc.value("model_type", "") == "ministral3" &&
                    tc.value("num_hidden_layers", uint64_t{0}) == 88;
 
+  // Layers a checkpoint may hold: the configured ones plus DeepSeek-style next-token-prediction
+  // layers, which releases store as the following layer indices.
   std::optional<uint64_t> layers;
   if (tc.contains("num_hidden_layers") && tc["num_hidden_layers"].is_number_unsigned())
-    layers = tc["num_hidden_layers"].get<uint64_t>();
+    layers = tc["num_hidden_layers"].get<uint64_t>() + tc.value("num_nextn_predict_layers", uint64_t{0});
   const Inputs in{ck, config_block_size(&cfg).value_or(BlockSize{}), f.mistral_scales};
   const DType dtype = to_dtype(opt.dtype);
   const DType fp8_dtype = f.mistral_scales ? DType::BF16 : dtype;
@@ -113,8 +115,9 @@ void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
       continue;
     }
     if (const auto layer = layer_index(nk.name); layer && layers && *layer >= *layers)
-      fail_input("{}: tensor '{}' is in layer {}, but config.json num_hidden_layers is {}", t.file->path().string(),
-                 t.name(), *layer, *layers);
+      fail_input("{}: tensor '{}' is in layer {}, but config.json provides {} layer(s) (num_hidden_layers "
+                 "plus num_nextn_predict_layers)",
+                 t.file->path().string(), t.name(), *layer, *layers);
     if (nk.kind == NativeKey::Tensor) {
       order.emplace_back(0, singles.size());
       singles.push_back(tensor_for(in, t, nk.name, fp8_dtype, nk.to_f32));
@@ -187,7 +190,7 @@ void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
       }
       gu.nbytes = gu.out.nbytes();
       dn.nbytes = dn.out.nbytes();
-      if (n > 0) grouped[gi] = {std::move(gu), std::move(dn)};
+      grouped[gi] = {std::move(gu), std::move(dn)};  // a rank without experts gets [0, …] tensors
     }
   }
   for (const auto& [kind, i] : order) {
