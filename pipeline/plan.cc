@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "formats/error.h"
+#include "transforms/family.h"
 
 namespace ckpt {
 
@@ -71,6 +72,12 @@ void plan_dequant(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
 }
 
 }  // namespace
+
+const FamilyRules& resolve_family(const Checkpoint& ck, std::string_view name) {
+  if (name != "auto") return family(name);
+  if (!ck.config()) fail_usage("{}: no config.json to detect the family from; pass --family", ck.dir().string());
+  return detect_family(*ck.config());
+}
 
 bool PlannedTensor::dequantizes() const {
   for (const auto& p : pieces)

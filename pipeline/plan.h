@@ -90,6 +90,10 @@ struct PlanOptions {
 // Expert parallelism's range rule (SPEC §3): rank r of n holds experts [first, last).
 void ep_range(uint32_t experts, uint32_t rank, uint32_t size, uint32_t& first, uint32_t& last);
 
+struct FamilyRules;
+// The family a conversion uses: `name`, or with "auto" the one the checkpoint's config.json names.
+const FamilyRules& resolve_family(const Checkpoint& ck, std::string_view name);
+
 // The HF -> native plan of a model family (pipeline/plan_native.cc), and its inverse
 // (pipeline/plan_hf.cc).
 void plan_native(const Checkpoint& ck, const PlanOptions& options, Plan& plan);

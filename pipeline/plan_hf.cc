@@ -83,16 +83,13 @@ uint64_t moe_inter(const nlohmann::ordered_json& tc) {
 }  // namespace
 
 void plan_hf(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
-  if (!ck.config() && opt.family == "auto")
-    fail_usage("{}: no config.json to detect the family from; pass --family", ck.dir().string());
-  const FamilyRules& f = opt.family == "auto" ? detect_family(*ck.config()) : family(opt.family);
+  const FamilyRules& f = resolve_family(ck, opt.family);
   static const nlohmann::ordered_json kEmpty = nlohmann::ordered_json::object();
   const nlohmann::ordered_json& tc = text_config(ck.config() ? *ck.config() : kEmpty);
   if (opt.quantize != QuantizeMode::None && f.fp8_export == Fp8Export::None)
     fail_usage("--quantize: {} has no FP8 release to export to", f.name);
   MapContext ctx;
-  ctx.keep_names = f.mistral_vlm_names && tc.value("model_type", "") == "ministral3" &&
-                   tc.value("num_hidden_layers", uint64_t{0}) == 88;
+  ctx.keep_names = keeps_hf_names(f, tc);
 
   for (const TensorRef& t : ck.tensors()) {
     const HfKey h = map_native_key(f, t.name(), ctx);

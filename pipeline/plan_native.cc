@@ -70,9 +70,7 @@ Piece expert_piece(const Inputs& in, const TensorRef& t, uint64_t out_row0, uint
 }  // namespace
 
 void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
-  if (!ck.config() && opt.family == "auto")
-    fail_usage("{}: no config.json to detect the family from; pass --family", ck.dir().string());
-  const FamilyRules& f = opt.family == "auto" ? detect_family(*ck.config()) : family(opt.family);
+  const FamilyRules& f = resolve_family(ck, opt.family);
   static const nlohmann::ordered_json kEmpty = nlohmann::ordered_json::object();
   const nlohmann::ordered_json& cfg = ck.config() ? *ck.config() : kEmpty;
   const nlohmann::ordered_json& tc = text_config(cfg);
@@ -83,8 +81,7 @@ void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
     ctx.mtp = opt.mtp == MtpMode::On || (opt.mtp == MtpMode::Auto && tc.value("num_mtp_modules", uint64_t{1}) > 0);
   else
     ctx.mtp = opt.mtp != MtpMode::Off;
-  ctx.keep_names = f.mistral_vlm_names && tc.value("model_type", "") == "ministral3" &&
-                   tc.value("num_hidden_layers", uint64_t{0}) == 88;
+  ctx.keep_names = keeps_hf_names(f, tc);
 
   // Layers a checkpoint may hold: the configured ones plus DeepSeek-style next-token-prediction
   // layers, which releases store as the following layer indices.

@@ -233,6 +233,11 @@ NativeKey map_nemotron(const FamilyRules& f, std::string_view key, const MapCont
 
 const std::vector<FamilyRules>& families() { return kFamilies; }
 
+bool keeps_hf_names(const FamilyRules& f, const nlohmann::ordered_json& tc) {
+  return f.mistral_vlm_names && tc.value("model_type", "") == "ministral3" &&
+         tc.value("num_hidden_layers", uint64_t{0}) == 88;
+}
+
 std::optional<uint64_t> layer_index(std::string_view name) {
   for (std::string_view p : {"model.language_model.", "language_model.", "model.", ""}) {
     if (!name.starts_with(p) || !name.substr(p.size()).starts_with("layers.")) continue;

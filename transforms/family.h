@@ -99,6 +99,9 @@ HfKey map_native_key(const FamilyRules& f, std::string_view key, const MapContex
 std::string hf_expert_name(const FamilyRules& f, std::string_view native_prefix, uint64_t e, uint8_t proj,
                            const MapContext& ctx);
 
+// Mistral-3.5 128B (a VLM whose text model is an 88-layer ministral3) keeps its HF names.
+bool keeps_hf_names(const FamilyRules& f, const nlohmann::ordered_json& text_config);
+
 // L for a name "{p}layers.{L}.…" of the language model (p one of SPEC §3's prefixes), else none.
 std::optional<uint64_t> layer_index(std::string_view name);
 
