@@ -88,6 +88,12 @@ void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
   std::optional<uint64_t> layers;
   if (tc.contains("num_hidden_layers") && tc["num_hidden_layers"].is_number_unsigned())
     layers = tc["num_hidden_layers"].get<uint64_t>() + tc.value("num_nextn_predict_layers", uint64_t{0});
+  // A config that counts MTP modules must hold all the checkpoint has (0 means "none configured",
+  // which --mtp on may override).
+  std::optional<uint64_t> mtp_modules;
+  if (f.mtp == MtpRule::MiniMaxM3 && tc.contains("num_mtp_modules") && tc["num_mtp_modules"].is_number_unsigned() &&
+      tc["num_mtp_modules"].get<uint64_t>() > 0)
+    mtp_modules = tc["num_mtp_modules"].get<uint64_t>();
   const Inputs in{ck, config_block_size(&cfg).value_or(BlockSize{}), f.mistral_scales};
   const DType dtype = to_dtype(opt.dtype);
   const DType fp8_dtype = f.mistral_scales ? DType::BF16 : dtype;
@@ -111,6 +117,9 @@ void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
       plan.dropped.push_back(t.name());
       continue;
     }
+    if (const auto d = mtp_index(nk.name); d && mtp_modules && *d >= *mtp_modules)
+      fail_input("{}: tensor '{}' is in MTP module {}, but config.json num_mtp_modules is {}", t.file->path().string(),
+                 t.name(), *d, *mtp_modules);
     if (const auto layer = layer_index(nk.name); layer && layers && *layer >= *layers)
       fail_input("{}: tensor '{}' is in layer {}, but config.json provides {} layer(s) (num_hidden_layers "
                  "plus num_nextn_predict_layers)",

@@ -895,3 +895,29 @@ TEST_CASE("families: layers past num_hidden_layers are refused unless they are n
   const fs::path bad = tmp / "bad";
   check_refused(convert(src, bad, "deepseek_v3", "--to native"), 3, bad, {"layer 1", "num_hidden_layers"});
 }
+
+TEST_CASE("families: an MTP module past num_mtp_modules is refused", "[families]") {
+  // m3's input holds MTP module 0; a config that says 1 module (or none given) accepts it, a config
+  // claiming modules but fewer than present is a contradiction: here a module 0 key renamed to 1.
+  TempDir tmp;
+  const fs::path src = tmp / "hf";
+  synth("minimax_m3", src, "--layers 2 --experts 4 --hidden 256 --inter 128");
+  convert_ok(src, tmp / "ok", "minimax_m3", "--to native");
+  auto cfg = nlohmann::ordered_json::parse(ckpt::test::read_bytes(src / "config.json"));
+  cfg["num_mtp_modules"] = 1;
+  ckpt::test::write_bytes(src / "config.json", cfg.dump(2));
+  const Checkpoint ck = Checkpoint::open(src);
+  std::vector<ckpt::test::TensorSpec> specs;
+  for (const auto& t : ck.tensors()) {
+    std::string name = t.name();
+    if (const auto at = name.find(".mtp.layers.0."); at != std::string::npos) name.replace(at, 14, ".mtp.layers.1.");
+    const auto* p = reinterpret_cast<const char*>(t.file->data(*t.info));
+    specs.push_back({name, t.info->dtype, t.info->shape, std::string(p, p + t.info->nbytes())});
+  }
+  const fs::path moved = tmp / "moved";
+  fs::create_directories(moved);
+  ckpt::test::write_safetensors(moved / "model.safetensors", specs);
+  ckpt::test::write_bytes(moved / "config.json", cfg.dump(2));
+  const fs::path bad = tmp / "bad";
+  check_refused(convert(moved, bad, "minimax_m3", "--to native"), 3, bad, {"MTP module 1", "num_mtp_modules"});
+}

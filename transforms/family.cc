@@ -233,6 +233,14 @@ NativeKey map_nemotron(const FamilyRules& f, std::string_view key, const MapCont
 
 const std::vector<FamilyRules>& families() { return kFamilies; }
 
+std::optional<uint64_t> mtp_index(std::string_view name) {
+  if (!name.starts_with("model.mtp.layers.")) return std::nullopt;
+  size_t pos = 17;
+  const auto d = digits(name, pos);
+  if (d && pos < name.size() && name[pos] == '.') return d;
+  return std::nullopt;
+}
+
 bool keeps_hf_names(const FamilyRules& f, const nlohmann::ordered_json& tc) {
   return f.mistral_vlm_names && tc.value("model_type", "") == "ministral3" &&
          tc.value("num_hidden_layers", uint64_t{0}) == 88;

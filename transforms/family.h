@@ -105,6 +105,9 @@ bool keeps_hf_names(const FamilyRules& f, const nlohmann::ordered_json& text_con
 // L for a name "{p}layers.{L}.…" of the language model (p one of SPEC §3's prefixes), else none.
 std::optional<uint64_t> layer_index(std::string_view name);
 
+// d for a native MiniMax-M3 MTP name "model.mtp.layers.{d}.…", else none.
+std::optional<uint64_t> mtp_index(std::string_view name);
+
 // The config object that describes the language model (a VLM's text_config, else the config).
 const nlohmann::ordered_json& text_config(const nlohmann::ordered_json& config);
 
