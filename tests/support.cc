@@ -64,6 +64,9 @@ RunResult run_cli(const std::string& args) {
 
 }  // namespace ckpt::test
 
+#include <nlohmann/json.hpp>
+
+#include "formats/checkpoint.h"
 #include "formats/writer.h"
 
 namespace ckpt::test {
@@ -79,6 +82,30 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
     w.write(layout.offsets[i], tensors[i].bytes.data(), tensors[i].bytes.size());
   }
   w.commit();
+}
+
+}  // namespace ckpt::test
+
+namespace ckpt::test {
+
+void write_checkpoint(const std::filesystem::path& dir, const std::vector<std::vector<TensorSpec>>& shards,
+                      const std::string& config_json) {
+  std::filesystem::create_directories(dir);
+  nlohmann::json wm = nlohmann::json::object();
+  uint64_t total = 0;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const std::string name = shard_file_name(s, shards.size());
+    write_safetensors(dir / name, shards[s]);
+    for (const auto& t : shards[s]) {
+      wm[t.name] = name;
+      total += t.bytes.size();
+    }
+  }
+  if (shards.size() > 1) {
+    const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", wm}};
+    write_bytes(dir / kIndexName, index.dump(2));
+  }
+  if (!config_json.empty()) write_bytes(dir / "config.json", config_json);
 }
 
 }  // namespace ckpt::test

@@ -51,6 +51,12 @@ struct TensorSpec {
 // Writes `tensors` as one safetensors file at `path` (through the library's writer).
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorSpec>& tensors);
 
+// A checkpoint directory: one file per entry of `shards` (model-0000i-of-0000N.safetensors, or
+// model.safetensors for one), an index when there are several, and `config_json` as config.json
+// unless empty.
+void write_checkpoint(const std::filesystem::path& dir, const std::vector<std::vector<TensorSpec>>& shards,
+                      const std::string& config_json = "");
+
 // Little-endian bytes of a value array, for building TensorSpec::bytes.
 template <typename T>
 std::string le_bytes(const std::vector<T>& v) {

@@ -40,12 +40,8 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Building inputs
 
-struct Tensor {
-  std::string name;
-  DType dtype;
-  std::vector<uint64_t> shape;
-  std::string bytes;
-};
+using Tensor = ckpt::test::TensorSpec;
+using ckpt::test::write_checkpoint;
 
 template <typename T>
 std::string raw(const std::vector<T>& v) {
@@ -59,38 +55,6 @@ std::vector<uint8_t> random_codes(uint64_t n, uint32_t seed) {
   std::vector<uint8_t> v(n);
   for (auto& c : v) c = static_cast<uint8_t>(rng() & 0xFF);
   return v;
-}
-
-// One safetensors file through the library's writer (padded header, "format": "pt").
-void write_shard(const fs::path& file, const std::vector<Tensor>& ts) {
-  std::vector<ckpt::OutTensor> outs;
-  for (const auto& t : ts) outs.push_back(ckpt::OutTensor{t.name, t.dtype, t.shape});
-  const ckpt::ShardLayout layout = ckpt::layout_shard(file.filename().string(), outs);
-  ckpt::ShardWriter w(file.parent_path(), layout);
-  for (size_t i = 0; i < ts.size(); ++i) {
-    REQUIRE(ts[i].bytes.size() == outs[i].nbytes());
-    if (!ts[i].bytes.empty()) w.write(layout.offsets[i], ts[i].bytes.data(), ts[i].bytes.size());
-  }
-  w.commit();
-}
-
-// Shards named model-0000i-of-0000N.safetensors plus an index (one shard: model.safetensors).
-void write_checkpoint(const fs::path& dir, const std::vector<std::vector<Tensor>>& shards) {
-  fs::create_directories(dir);
-  Json wm = Json::object();
-  uint64_t total = 0;
-  for (size_t s = 0; s < shards.size(); ++s) {
-    const std::string name = ckpt::shard_file_name(s, shards.size());
-    write_shard(dir / name, shards[s]);
-    for (const auto& t : shards[s]) {
-      wm[t.name] = name;
-      total += t.bytes.size();
-    }
-  }
-  if (shards.size() > 1) {
-    const Json index = {{"metadata", {{"total_size", total}}}, {"weight_map", wm}};
-    ckpt::test::write_bytes(dir / ckpt::kIndexName, index.dump(2));
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -398,7 +362,7 @@ TEST_CASE("cli: a corrupt shard header exits 3 naming the file", "[cli]") {
   const fs::path in = tmp / "in", out = tmp / "out";
   fs::create_directories(in);
   fs::create_directories(out);  // an existing empty --out must stay free of finished files
-  write_shard(in / "model-00001-of-00002.safetensors", {{"a", DType::BF16, {2}, std::string(4, '\1')}});
+  ckpt::test::write_safetensors(in / "model-00001-of-00002.safetensors", {{"a", DType::BF16, {2}, std::string(4, '\1')}});
   const fs::path bad = in / "model-00002-of-00002.safetensors";
   const std::string entry_a = R"("a2":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
   struct Case {

@@ -135,27 +135,8 @@ void require_same(const fs::path& a, const fs::path& b) {
 // ---------------------------------------------------------------------------------------------
 // Writing inputs
 
-// One safetensors file per entry of `shards` (model-0000i-of-0000N), an index when there are
-// several, and `config` as config.json.
 void write_checkpoint(const fs::path& dir, const std::vector<std::vector<TensorSpec>>& shards, const OJson& config) {
-  fs::create_directories(dir);
-  OJson wm = OJson::object();
-  uint64_t total = 0;
-  for (size_t s = 0; s < shards.size(); ++s) {
-    const std::string name = shards.size() == 1 ? std::string("model.safetensors")
-                                                : "model-0000" + std::to_string(s + 1) + "-of-0000" +
-                                                      std::to_string(shards.size()) + ".safetensors";
-    ckpt::test::write_safetensors(dir / name, shards[s]);
-    for (const auto& t : shards[s]) {
-      wm[t.name] = name;
-      total += t.bytes.size();
-    }
-  }
-  if (shards.size() > 1) {
-    const OJson index = {{"metadata", {{"total_size", total}}}, {"weight_map", wm}};
-    ckpt::test::write_bytes(dir / ckpt::kIndexName, index.dump(2));
-  }
-  if (!config.is_null()) ckpt::test::write_bytes(dir / "config.json", config.dump(2));
+  ckpt::test::write_checkpoint(dir, shards, config.is_null() ? std::string() : config.dump(2));
 }
 
 // A copy of `src` as one shard, without the tensors `drop` selects and with its config.json
