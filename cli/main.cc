@@ -26,7 +26,7 @@ struct ConvertArgs {
               quantize = "none", max_shard = "5GB", budget = "1GiB", device = "auto";
   std::optional<unsigned> ep_rank, ep_size;
   unsigned threads = 0;
-  bool overwrite = false, json = false;
+  bool overwrite = false, json = false, dry_run = false;
 };
 
 int run_convert(const ConvertArgs& a) {
@@ -64,6 +64,7 @@ int run_convert(const ConvertArgs& a) {
   o.threads = a.threads;
   o.overwrite = a.overwrite;
   o.progress = isatty(STDERR_FILENO) && !a.json;
+  o.dry_run = a.dry_run;
   const ConvertSummary s = convert(o);
   const double gbps = s.execute_s > 0 ? static_cast<double>(s.output_bytes) / s.execute_s / 1e9 : 0;
   if (a.json) {
@@ -157,6 +158,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   conv->add_flag("--overwrite", ca.overwrite, "Replace the checkpoint in a non-empty --out");
   conv->add_flag("--json", ca.json, "Print a JSON summary of the run on stdout");
+  conv->add_flag("--dry-run", ca.dry_run, "Open, validate and plan only: report what would be written");
 
   std::string ipath;
   bool ijson = false;
@@ -184,6 +186,7 @@ int main(int argc, char** argv) {
   syn->add_option("--seed", so.seed, "Random seed")->capture_default_str();
   syn->add_option("--size", ssize, "Target total size (e.g. 2GB); picks the number of layers");
   syn->add_option("--threads", so.threads, "Worker threads (0: all cores)");
+  syn->add_flag("--sparse", so.sparse, "Headers and file sizes only (data reads as zeros, takes no disk)");
 
   try {
     app.parse(argc, argv);

@@ -100,14 +100,14 @@ void fsync_dir(const fs::path& dir) {
 }
 }  // namespace
 
-ShardWriter::ShardWriter(const fs::path& dir, const ShardLayout& layout)
+ShardWriter::ShardWriter(const fs::path& dir, const ShardLayout& layout, bool reserve)
     : final_(dir / layout.file_name), temp_(temp_path_for(final_)) {
   check_replaceable(final_);
   fd_ = ::open(temp_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) fail_io_errno(errno, fmt::format("{}: cannot create", temp_.string()));
   try {
     if (layout.file_size > 0) {
-      const int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(layout.file_size));
+      const int rc = reserve ? ::posix_fallocate(fd_, 0, static_cast<off_t>(layout.file_size)) : EOPNOTSUPP;
       // Filesystems without fallocate still get their size from ftruncate; a full disk does not.
       if (rc == ENOSPC || rc == EDQUOT)
         fail_io_errno(rc, fmt::format("{}: reserving {} bytes", temp_.string(), layout.file_size));

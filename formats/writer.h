@@ -44,8 +44,9 @@ std::filesystem::path temp_path_for(const std::filesystem::path& final_path);
 class ShardWriter {
  public:
   // Creates the temporary file, reserves its full size (so a full disk fails here, not half-way)
-  // and writes the header.
-  ShardWriter(const std::filesystem::path& dir, const ShardLayout& layout);
+  // and writes the header. Without `reserve` the file only gets its size: a sparse file whose
+  // unwritten tensors read as zeros (synthetic header-only checkpoints).
+  ShardWriter(const std::filesystem::path& dir, const ShardLayout& layout, bool reserve = true);
   ~ShardWriter();  // removes the temporary file unless committed
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;

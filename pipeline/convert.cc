@@ -155,6 +155,21 @@ std::pair<std::vector<StagedFile>, std::optional<StagedFile>> stage(const Checkp
   return {std::move(staged), std::move(index)};
 }
 
+void summarize(const Checkpoint& ck, const std::vector<Target>& targets, Clock::time_point t0, ConvertSummary& sum) {
+  sum.input_tensors = ck.tensors().size();
+  for (const auto& t : targets) {
+    sum.output_tensors += t.plan.tensors.size();
+    sum.dequantized += t.plan.dequantized;
+    sum.dropped = t.plan.dropped.size();  // the same inputs are dropped for every rank
+    sum.input_bytes = std::max(sum.input_bytes, t.plan.input_bytes);
+    sum.output_bytes += t.plan.output_bytes;
+    sum.shards += t.plan.shards.size();
+  }
+  sum.total_s = since(t0);
+  sum.peak_rss_bytes = peak_rss_bytes();
+  sum.isa = std::string(isa_name(kernels().isa));
+}
+
 }  // namespace
 
 ConvertSummary convert(const ConvertOptions& opt) {
@@ -174,6 +189,10 @@ ConvertSummary convert(const ConvertOptions& opt) {
     targets.push_back({opt.out, make_plan(ck, opt.plan)});
   }
   sum.plan_s = since(t0);
+  if (opt.dry_run) {
+    summarize(ck, targets, t0, sum);
+    return sum;
+  }
 
   prepare_out_dir(opt, ck);
   std::vector<std::unique_ptr<ShardWriter>> writers;
@@ -206,18 +225,7 @@ ConvertSummary convert(const ConvertOptions& opt) {
   }
   sum.execute_s = since(t1);
 
-  sum.input_tensors = ck.tensors().size();
-  for (const auto& t : targets) {
-    sum.output_tensors += t.plan.tensors.size();
-    sum.dequantized += t.plan.dequantized;
-    sum.dropped = t.plan.dropped.size();
-    sum.input_bytes = std::max(sum.input_bytes, t.plan.input_bytes);
-    sum.output_bytes += t.plan.output_bytes;
-    sum.shards += t.plan.shards.size();
-  }
-  sum.total_s = since(t0);
-  sum.peak_rss_bytes = peak_rss_bytes();
-  sum.isa = std::string(isa_name(kernels().isa));
+  summarize(ck, targets, t0, sum);
   return sum;
 }
 

@@ -22,6 +22,7 @@ struct ConvertOptions {
   uint64_t memory_budget = 1ull << 30;
   bool overwrite = false;
   bool progress = false;  // draw a progress line on stderr
+  bool dry_run = false;   // stop after planning: nothing is created or written
 };
 
 struct ConvertSummary {

@@ -1041,8 +1041,9 @@ SynthSummary synth(const SynthOptions& o) {
   arena.execute([&] {
     // Creating a shard reserves its full size, which can take a while (tmpfs zero-fills): in parallel.
     tbb::parallel_for(size_t{0}, n_shards, [&](size_t s) {
-      writers[s] = std::make_unique<ShardWriter>(o.out, plans[s].layout);
+      writers[s] = std::make_unique<ShardWriter>(o.out, plans[s].layout, !o.sparse);
     });
+    if (o.sparse) return;  // zeros: valid codes and (zero) scales, and no disk
     tbb::parallel_for(tbb::blocked_range<size_t>(0, items.size(), 1),
                       [&](const tbb::blocked_range<size_t>& r) {
                         for (size_t i = r.begin(); i != r.end(); ++i) fill(items[i]);

@@ -26,6 +26,8 @@ struct SynthOptions {
   uint64_t seed = 1;
   uint64_t target_bytes = 0;     // when non-zero, `layers` is chosen to reach about this size
   unsigned threads = 0;          // 0: all cores
+  bool sparse = false;           // headers and file sizes only: all data reads as zeros and
+                                 // takes no disk, for planning and null-sink runs at full size
 };
 
 struct SynthSummary {

@@ -1110,3 +1110,32 @@ TEST_CASE("cli: results do not depend on threads or memory budget", "[cli]") {
     }
   }
 }
+
+TEST_CASE("cli: synth --sparse writes headers only, and convert --dry-run writes nothing", "[cli]") {
+  TempDir tmp;
+  const fs::path sparse = tmp / "sparse", dense = tmp / "dense";
+  const std::string dims = " --layers 2 --experts 4 --hidden 256 --inter 128 --shards 2";
+  REQUIRE(cli("synth --family minimax_m2 --out " + q(sparse) + dims + " --sparse").exit_code == 0);
+  REQUIRE(cli("synth --family minimax_m2 --out " + q(dense) + dims).exit_code == 0);
+  // The same tensors, names, dtypes and shapes; every byte of the sparse one is zero.
+  const ckpt::Checkpoint s = ckpt::Checkpoint::open(sparse), d = ckpt::Checkpoint::open(dense);
+  REQUIRE(s.tensors().size() == d.tensors().size());
+  uint64_t nonzero = 0;
+  for (const auto& t : s.tensors()) {
+    const auto* other = d.find(t.name());
+    REQUIRE(other != nullptr);
+    CHECK(other->info->shape == t.info->shape);
+    CHECK(other->info->dtype == t.info->dtype);
+    const uint8_t* p = t.file->data(*t.info);
+    for (uint64_t i = 0; i < t.info->nbytes(); ++i) nonzero += p[i] != 0;
+  }
+  CHECK(nonzero == 0);
+
+  const fs::path out = tmp / "out";
+  const RunResult r = cli("convert --in " + q(dense) + " --out " + q(out) + " --family minimax_m2 --to native --dry-run --json");
+  REQUIRE(r.exit_code == 0);
+  const auto j = Json::parse(r.out);
+  CHECK(j.at("output_tensors").get<uint64_t>() > 0);
+  CHECK(j.at("output_bytes").get<uint64_t>() > 0);
+  CHECK(!fs::exists(out));
+}
