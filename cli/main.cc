@@ -27,6 +27,7 @@ struct ConvertArgs {
   std::optional<unsigned> ep_rank, ep_size;
   unsigned threads = 0;
   bool overwrite = false, json = false, dry_run = false;
+  std::string sink = "file";
 };
 
 int run_convert(const ConvertArgs& a) {
@@ -65,6 +66,7 @@ int run_convert(const ConvertArgs& a) {
   o.overwrite = a.overwrite;
   o.progress = isatty(STDERR_FILENO) && !a.json;
   o.dry_run = a.dry_run;
+  o.null_sink = a.sink == "null";
   const ConvertSummary s = convert(o);
   const double gbps = s.execute_s > 0 ? static_cast<double>(s.output_bytes) / s.execute_s / 1e9 : 0;
   if (a.json) {
@@ -159,6 +161,9 @@ int main(int argc, char** argv) {
   conv->add_flag("--overwrite", ca.overwrite, "Replace the checkpoint in a non-empty --out");
   conv->add_flag("--json", ca.json, "Print a JSON summary of the run on stdout");
   conv->add_flag("--dry-run", ca.dry_run, "Open, validate and plan only: report what would be written");
+  conv->add_option("--sink", ca.sink, "file: write the output; null: convert everything but discard it (benchmarks)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"file", "null"}));
 
   std::string ipath;
   bool ijson = false;

@@ -41,7 +41,22 @@ std::string shard_file_name(size_t index, size_t count);
 // Where shards are written before they are committed.
 std::filesystem::path temp_path_for(const std::filesystem::path& final_path);
 
-class ShardWriter {
+// Where a shard's bytes go: positional, thread-safe writes, then one commit.
+class ShardSink {
+ public:
+  virtual ~ShardSink() = default;
+  virtual void write(uint64_t offset, const void* data, uint64_t len) const = 0;
+  virtual void commit() = 0;
+};
+
+// Discards everything: `convert --sink null` measures the pipeline without storage.
+class NullSink final : public ShardSink {
+ public:
+  void write(uint64_t, const void*, uint64_t) const override {}
+  void commit() override {}
+};
+
+class ShardWriter final : public ShardSink {
  public:
   // Creates the temporary file, reserves its full size (so a full disk fails here, not half-way)
   // and writes the header. Without `reserve` the file only gets its size: a sparse file whose
@@ -52,9 +67,9 @@ class ShardWriter {
   ShardWriter& operator=(const ShardWriter&) = delete;
 
   // Thread-safe positional write of `len` bytes at absolute file offset `offset`.
-  void write(uint64_t offset, const void* data, uint64_t len) const;
+  void write(uint64_t offset, const void* data, uint64_t len) const override;
   // fsync, then rename to the final name.
-  void commit();
+  void commit() override;
   const std::filesystem::path& final_path() const { return final_; }
 
  private:

@@ -194,14 +194,19 @@ ConvertSummary convert(const ConvertOptions& opt) {
     return sum;
   }
 
-  prepare_out_dir(opt, ck);
-  std::vector<std::unique_ptr<ShardWriter>> writers;
-  for (const auto& t : targets) {
-    std::error_code ec;
-    fs::create_directories(t.dir, ec);
-    if (ec) fail(ErrorKind::Io, "{}: cannot create: {}", t.dir.string(), ec.message());
-    check_free_space(t.dir, t.plan);
-    for (const auto& s : t.plan.shards) writers.push_back(std::make_unique<ShardWriter>(t.dir, s));
+  std::vector<std::unique_ptr<ShardSink>> writers;
+  if (opt.null_sink) {
+    for (const auto& t : targets)
+      for (size_t i = 0; i < t.plan.shards.size(); ++i) writers.push_back(std::make_unique<NullSink>());
+  } else {
+    prepare_out_dir(opt, ck);
+    for (const auto& t : targets) {
+      std::error_code ec;
+      fs::create_directories(t.dir, ec);
+      if (ec) fail(ErrorKind::Io, "{}: cannot create: {}", t.dir.string(), ec.message());
+      check_free_space(t.dir, t.plan);
+      for (const auto& s : t.plan.shards) writers.push_back(std::make_unique<ShardWriter>(t.dir, s));
+    }
   }
   const Plan all = merged(targets);
 
@@ -217,7 +222,8 @@ ConvertSummary convert(const ConvertOptions& opt) {
   // Everything else is staged before the first shard is published, so that what can fail has
   // failed while nothing is under a final name; each index, published last, marks completion.
   std::vector<std::pair<std::vector<StagedFile>, std::optional<StagedFile>>> staged;
-  for (const auto& t : targets) staged.push_back(stage(ck, t, opt.overwrite));
+  if (!opt.null_sink)
+    for (const auto& t : targets) staged.push_back(stage(ck, t, opt.overwrite));
   for (auto& w : writers) w->commit();
   for (auto& [files, index] : staged) {
     for (auto& f : files) f.commit();

@@ -23,6 +23,7 @@ struct ConvertOptions {
   bool overwrite = false;
   bool progress = false;  // draw a progress line on stderr
   bool dry_run = false;   // stop after planning: nothing is created or written
+  bool null_sink = false; // convert fully but discard the output (benchmarks at any size)
 };
 
 struct ConvertSummary {

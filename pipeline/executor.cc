@@ -127,7 +127,7 @@ void size_pipeline(uint64_t budget, unsigned threads, uint64_t& chunk_bytes, uin
   items = std::max<uint64_t>(2, std::min(items, budget / (2 * chunk_bytes)));
 }
 
-ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardWriter>>& writers,
+ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>>& writers,
                   const ExecOptions& opt) {
   ExecStats stats;
   stats.threads = opt.threads ? opt.threads : static_cast<unsigned>(oneapi::tbb::info::default_concurrency());

@@ -39,7 +39,7 @@ struct ExecStats {
 // The chunk size and number of items in flight chosen for a budget and thread count.
 void size_pipeline(uint64_t memory_budget, unsigned threads, uint64_t& chunk_bytes, uint64_t& items);
 
-ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardWriter>>& writers,
+ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>>& writers,
                   const ExecOptions& options);
 
 }  // namespace ckpt
