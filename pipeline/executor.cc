@@ -6,14 +6,12 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <chrono>
-#include <cstring>
 #include <exception>
 #include <deque>
 #include <mutex>
 
 #include "formats/error.h"
 #include "pipeline/produce.h"
-#include "transforms/kernels.h"
 
 namespace ckpt {
 

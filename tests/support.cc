@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -87,6 +88,14 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
 }  // namespace ckpt::test
 
 namespace ckpt::test {
+
+std::vector<std::string> listing(const std::filesystem::path& dir) {
+  std::vector<std::string> names;
+  if (!std::filesystem::exists(dir)) return names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
 
 void write_checkpoint(const std::filesystem::path& dir, const std::vector<std::vector<TensorSpec>>& shards,
                       const std::string& config_json) {

@@ -51,6 +51,9 @@ struct TensorSpec {
 // Writes `tensors` as one safetensors file at `path` (through the library's writer).
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorSpec>& tensors);
 
+// The names in `dir`, sorted (empty when it does not exist).
+std::vector<std::string> listing(const std::filesystem::path& dir);
+
 // A checkpoint directory: one file per entry of `shards` (model-0000i-of-0000N.safetensors, or
 // model.safetensors for one), an index when there are several, and `config_json` as config.json
 // unless empty.

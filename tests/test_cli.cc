@@ -74,13 +74,7 @@ bool one_error_line(const std::string& err) {
          err.back() == '\n';
 }
 
-std::vector<std::string> listing(const fs::path& dir) {
-  std::vector<std::string> names;
-  if (!fs::exists(dir)) return names;
-  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using ckpt::test::listing;
 
 // A failed run leaves nothing that looks like a finished checkpoint, and no temporary either.
 void check_nothing_finished(const fs::path& out) {

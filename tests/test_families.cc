@@ -162,13 +162,7 @@ std::string bf16_bytes(const std::vector<float>& v) {
 // ---------------------------------------------------------------------------------------------
 // Failed runs
 
-std::vector<std::string> listing(const fs::path& dir) {
-  std::vector<std::string> names;
-  if (!fs::exists(dir)) return names;
-  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using ckpt::test::listing;
 
 // Exit `code`, one line on stderr ("ckptconv: ..." and a newline) containing every `needle`, and
 // nothing under --out that looks like a finished checkpoint.

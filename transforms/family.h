@@ -54,7 +54,6 @@ struct FamilyRules {
   bool fp32_mamba = false;                        // mixer.{A_log,dt_bias,D} -> mixer._fp32_params.*, F32
   bool layer_cutoff = false;                      // drop layers >= num_hidden_layers
   std::string_view experts_key, inter_key;        // config keys: routed experts, MoE intermediate size
-  std::string_view hf_prefix;                     // "model." / "backbone."
   std::vector<std::string_view> hf_f32_suffixes;  // keys written as F32 on export
   Fp8Export fp8_export = Fp8Export::None;
   std::vector<std::string_view> fp8_exclude;

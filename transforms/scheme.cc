@@ -39,10 +39,10 @@ DequantScheme detect_scheme(const TensorInfo& w, const TensorInfo& s, BlockSize 
   DequantScheme d;
   d.scale_dtype = s.dtype;
   const auto& ws = w.shape;
+  uint64_t rows = 1, cols = 1;
   if (!ws.empty()) {
-    d.rows = ws[0];
-    d.cols = 1;
-    for (size_t i = 1; i < ws.size(); ++i) d.cols *= ws[i];  // numel was overflow-checked on parse
+    rows = ws[0];
+    for (size_t i = 1; i < ws.size(); ++i) cols *= ws[i];  // numel was overflow-checked on parse
   }
   const bool exponent_scale = s.dtype == DType::U8 || s.dtype == DType::F8_E8M0;
   const bool number_scale = s.dtype == DType::F32 || s.dtype == DType::BF16 || s.dtype == DType::F16;
@@ -65,8 +65,8 @@ DequantScheme detect_scheme(const TensorInfo& w, const TensorInfo& s, BlockSize 
   if (!number_scale) misfit("scale dtype must be F32, BF16, F16, U8 or F8_E8M0");
   if (s.numel() == 1) {  // 0-d, [1], [1, 1]…: one number for the whole tensor
     d.kind = ScaleScheme::PerTensor;
-    d.block_rows = d.rows == 0 ? 1 : d.rows;
-    d.block_cols = d.cols == 0 ? 1 : d.cols;
+    d.block_rows = rows == 0 ? 1 : rows;
+    d.block_cols = cols == 0 ? 1 : cols;
     d.grid_cols = 1;
     return d;
   }

@@ -27,12 +27,11 @@ struct BlockSize {
   uint64_t cols = 128;
 };
 
-// A weight seen as a [rows, cols] matrix and the scale grid laid over it: element (i, j) is
+// The scale grid laid over a weight seen as a matrix [shape[0], the rest]: element (i, j) is
 // scaled by grid element (i / block_rows, j / block_cols) of a grid with grid_cols columns.
 struct DequantScheme {
   ScaleScheme kind = ScaleScheme::PerTensor;
   DType scale_dtype = DType::F32;
-  uint64_t rows = 1, cols = 1;
   uint64_t block_rows = 1, block_cols = 1;
   uint64_t grid_cols = 1;
 };
