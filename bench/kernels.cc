@@ -104,7 +104,7 @@ void BM_group_expert(benchmark::State& st) {
   for (auto _ : st) {
     for (uint64_t r = 0; r < dim; r += item_rows) {
       const uint64_t r1 = std::min(dim, r + item_rows);
-      produce(t, DType::BF16, r * inter, r1 * inter, out.data() + r * inter * 2, scratch);
+      produce(t, DType::BF16, r * inter, r1 * inter, out.data() + r * inter * 2, scratch, ItemInputs{});
     }
     benchmark::DoNotOptimize(out.data());
   }

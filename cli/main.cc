@@ -27,7 +27,7 @@ struct ConvertArgs {
   std::optional<unsigned> ep_rank, ep_size;
   unsigned threads = 0;
   bool overwrite = false, json = false, dry_run = false;
-  std::string sink = "file";
+  std::string sink = "file", io = "mmap";
 };
 
 int run_convert(const ConvertArgs& a) {
@@ -67,6 +67,7 @@ int run_convert(const ConvertArgs& a) {
   o.progress = isatty(STDERR_FILENO) && !a.json;
   o.dry_run = a.dry_run;
   o.null_sink = a.sink == "null";
+  o.io = a.io == "pread" ? IoMode::Pread : IoMode::Mmap;
   const ConvertSummary s = convert(o);
   const double gbps = s.execute_s > 0 ? static_cast<double>(s.output_bytes) / s.execute_s / 1e9 : 0;
   if (a.json) {
@@ -77,7 +78,7 @@ int run_convert(const ConvertArgs& a) {
         {"input_bytes", s.input_bytes}, {"output_bytes", s.output_bytes},
         {"plan_seconds", s.plan_s}, {"execute_seconds", s.execute_s}, {"total_seconds", s.total_s},
         {"output_gb_per_s", gbps}, {"peak_rss_bytes", s.peak_rss_bytes}, {"threads", s.exec.threads},
-        {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers},
+        {"io", a.io}, {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers},
         {"buffers_allocated", s.exec.buffers_allocated}, {"isa", s.isa},
         {"stage_seconds", {{"read", s.exec.read_s}, {"dequantize", s.exec.transform_s}, {"write", s.exec.write_s}}}};
     std::cout << j.dump(2) << "\n";
@@ -161,6 +162,11 @@ int main(int argc, char** argv) {
   conv->add_flag("--overwrite", ca.overwrite, "Replace the checkpoint in a non-empty --out");
   conv->add_flag("--json", ca.json, "Print a JSON summary of the run on stdout");
   conv->add_flag("--dry-run", ca.dry_run, "Open, validate and plan only: report what would be written");
+  conv->add_option("--io", ca.io,
+                   "How inputs are read: mmap (in place, no copy; best on local disks and tmpfs) or pread "
+                   "(large positional reads into reused buffers; for network filesystems)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"mmap", "pread"}));
   conv->add_option("--sink", ca.sink, "file: write the output; null: convert everything but discard it (benchmarks)")
       ->capture_default_str()
       ->check(CLI::IsMember({"file", "null"}));

@@ -216,6 +216,7 @@ ConvertSummary convert(const ConvertOptions& opt) {
     ExecOptions eo;
     eo.threads = opt.threads;
     eo.memory_budget = opt.memory_budget;
+    eo.io = opt.io;
     eo.progress = &progress.counter();
     sum.exec = execute(all, writers, eo);
   }

@@ -20,6 +20,7 @@ struct ConvertOptions {
   PlanOptions plan;
   unsigned threads = 0;
   uint64_t memory_budget = 1ull << 30;
+  IoMode io = IoMode::Mmap;
   bool overwrite = false;
   bool progress = false;  // draw a progress line on stderr
   bool dry_run = false;   // stop after planning: nothing is created or written

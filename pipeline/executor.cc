@@ -5,6 +5,7 @@
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/task_arena.h>
 
+#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <deque>
@@ -24,6 +25,7 @@ struct Item {
   uint32_t tensor = 0;
   uint64_t first = 0, last = 0;  // element range [first, last) of the output tensor
   uint8_t* buffer = nullptr;
+  ItemInputs* inputs = nullptr;  // pread: the staged input bytes
   std::atomic<uint32_t>* segment_left = nullptr;  // items of this item's segment not yet written
 };
 
@@ -54,6 +56,57 @@ class BufferPool {
   std::mutex mu_;
   std::vector<std::unique_ptr<uint8_t[], Free>> owned_;
 };
+
+// Staging buffers for `--io pread`, recycled like the output buffers.
+class InputsPool {
+ public:
+  ItemInputs* acquire() {
+    ItemInputs* b = nullptr;
+    if (free_.try_pop(b)) return b;
+    std::lock_guard lock(mu_);
+    return owned_.emplace_back(std::make_unique<ItemInputs>()).get();
+  }
+  void release(ItemInputs* b) { free_.push(b); }
+  uint64_t bytes_read() {
+    std::lock_guard lock(mu_);
+    uint64_t n = 0;
+    for (const auto& b : owned_) n += b->bytes_read();
+    return n;
+  }
+
+ private:
+  oneapi::tbb::concurrent_queue<ItemInputs*> free_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<ItemInputs>> owned_;
+};
+
+// The input files a plan reads.
+std::vector<const SafetensorsFile*> input_files(const Plan& plan) {
+  std::vector<const SafetensorsFile*> files;
+  for (const auto& t : plan.tensors)
+    for (const auto& p : t.pieces)
+      for (const SafetensorsFile* f : {p.input.file, p.scale.file})
+        if (f) files.push_back(f);
+  std::sort(files.begin(), files.end());
+  files.erase(std::unique(files.begin(), files.end()), files.end());
+  return files;
+}
+
+// Whether this item's inputs are still the files that were planned: after a SIGBUS somewhere
+// in the process (a lost page), or — `deep` — after a failed write (a copy from a truncated map
+// fails inside the kernel without a signal).
+void check_item_inputs(const PlannedTensor& t, bool deep) {
+  for (const auto& p : t.pieces) {
+    p.input.file->map().check_intact(deep);
+    if (p.scale.file) p.scale.file->map().check_intact(deep);
+  }
+}
+
+// Inputs read in place from the maps (--io mmap).
+const ItemInputs& mapped_inputs() {
+  static const ItemInputs mapped;
+  return mapped;
+}
 
 // Accumulates nanoseconds spent in a stage.
 struct StageTimer {
@@ -132,6 +185,8 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
   size_pipeline(opt.memory_budget, stats.threads, stats.chunk_bytes, stats.buffers);
 
   BufferPool pool(stats.chunk_bytes);
+  InputsPool staging;
+  const bool pread = opt.io == IoMode::Pread;
   AmaxCache amax(plan.tensors.size());
   std::atomic<uint64_t> read_ns{0}, transform_ns{0}, write_ns{0}, items{0};
   std::atomic<bool> failed{false};
@@ -165,8 +220,11 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
           const uint64_t seg_items = (seg_end - next_elem + step - 1) / step;
           segment_left.emplace_back(static_cast<uint32_t>(seg_items));
         }
-        Item it{static_cast<uint32_t>(next_tensor), next_elem, std::min(seg_end, next_elem + step), nullptr,
-                &segment_left.back()};
+        Item it;
+        it.tensor = static_cast<uint32_t>(next_tensor);
+        it.first = next_elem;
+        it.last = std::min(seg_end, next_elem + step);
+        it.segment_left = &segment_left.back();
         next_elem = it.last;
         return it;
       }
@@ -178,6 +236,17 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
       if (failed) return it;
       StageTimer timer{read_ns};
       const PlannedTensor& t = plan.tensors[it.tensor];
+      if (pread) {
+        it.inputs = staging.acquire();
+        try {
+          // FP8 export's scale tensors read their weight themselves (produce.cc).
+          if (t.scale_of < 0) it.inputs->stage(t, it.first, it.last);
+          else it.inputs->unstage();
+        } catch (...) {
+          record(std::current_exception());
+        }
+        return it;
+      }
       for (const Piece& p : t.pieces) {  // read-ahead for the rows this item starts with
         if (p.transpose) continue;
         const uint64_t es = dtype_size(p.input.info->dtype);
@@ -195,12 +264,14 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
       StageTimer timer{transform_ns};
       try {
         thread_local Scratch scratch;
+        scratch.io = opt.io;
+        const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
         it.buffer = pool.acquire();
         if (t.quantize != QuantizeMode::None)
           produce_quantized(plan, it.tensor, it.first, it.last, it.buffer, scratch, amax,
-                            stats.chunk_bytes / sizeof(float));
+                            stats.chunk_bytes / sizeof(float), in);
         else
-          produce(t, t.out.dtype, it.first, it.last, it.buffer, scratch);
+          produce(t, t.out.dtype, it.first, it.last, it.buffer, scratch, in);
       } catch (...) {
         record(std::current_exception());
       }
@@ -213,9 +284,17 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
         try {
           const uint64_t es = dtype_size(t.out.dtype);
           const uint64_t len = (it.last - it.first) * es;
-          const uint8_t* bytes = it.buffer ? it.buffer : input_at(t.pieces[0], 0, 0) + it.first * es;
-          writers[t.shard]->write(t.offset + it.first * es, bytes, len);
-          release_item(t, it.first, it.last, it.segment_left->fetch_sub(1) == 1);
+          if (MappedFile::any_fault()) check_item_inputs(t, false);  // before the bytes leave
+          const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
+          const uint8_t* bytes = it.buffer ? it.buffer : in.copy_bytes(t, it.first);
+          try {
+            writers[t.shard]->write(t.offset + it.first * es, bytes, len);
+          } catch (const Error&) {
+            check_item_inputs(t, true);
+            throw;
+          }
+          const bool segment_done = it.segment_left->fetch_sub(1) == 1;
+          if (!pread) release_item(t, it.first, it.last, segment_done);
           if (opt.progress) *opt.progress += len;
           ++items;
         } catch (...) {
@@ -223,6 +302,7 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
         }
       }
       if (it.buffer) pool.release(it.buffer);
+      if (it.inputs) staging.release(it.inputs);
       return flow::continue_msg();
     });
     flow::make_edge(source, limiter);
@@ -234,7 +314,11 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
     g.wait_for_all();
   });
   if (first_error) std::rethrow_exception(first_error);
+  // Whatever the items saw, the inputs must still be the files that were planned: a rewrite in
+  // place or a replacement shows only here.
+  for (const SafetensorsFile* f : input_files(plan)) f->map().check_intact(true);
   stats.items = items;
+  stats.bytes_read = staging.bytes_read();
   stats.buffers_allocated = pool.allocated();
   stats.read_s = static_cast<double>(read_ns) * 1e-9;
   stats.transform_s = static_cast<double>(transform_ns) * 1e-9;

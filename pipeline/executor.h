@@ -3,7 +3,8 @@
 //
 //   source -> limiter -> read -> dequantize -> write --(token back)--> limiter
 //
-// `read` asks the kernel for the item's input pages, `dequantize` turns them into output bytes
+// `read` asks the kernel for the item's input pages (or, under `--io pread`, reads them into a
+// pooled buffer: pipeline/inputs.h), `dequantize` turns them into output bytes
 // in a pooled buffer (copies skip it and are written straight from the input map), and `write`
 // puts the bytes at their final offset in the output shard, then releases the input pages and
 // hands the buffer back. The limiter admits only as many items as there are buffers, so the
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "formats/writer.h"
+#include "pipeline/inputs.h"
 #include "pipeline/plan.h"
 
 namespace ckpt {
@@ -24,6 +26,7 @@ namespace ckpt {
 struct ExecOptions {
   unsigned threads = 0;                 // 0: all cores
   uint64_t memory_budget = 1ull << 30;  // bytes of input + output held by items in flight
+  IoMode io = IoMode::Mmap;
   std::atomic<uint64_t>* progress = nullptr;  // output bytes written so far, if wanted
 };
 
@@ -33,12 +36,15 @@ struct ExecStats {
   uint64_t buffers = 0;       // items admitted at once
   uint64_t buffers_allocated = 0;  // output buffers the run actually needed (<= buffers)
   double read_s = 0, transform_s = 0, write_s = 0;  // summed over threads
+  uint64_t bytes_read = 0;    // by pread (0 under mmap: the page faults are not counted)
   unsigned threads = 0;
 };
 
 // The chunk size and number of items in flight chosen for a budget and thread count.
 void size_pipeline(uint64_t memory_budget, unsigned threads, uint64_t& chunk_bytes, uint64_t& items);
 
+// Runs the plan. An input file that is truncated, rewritten or replaced while it is read is an
+// InvalidInput error (formats/mapped_file.h), raised before the caller commits anything.
 ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>>& writers,
                   const ExecOptions& options);
 

@@ -14,28 +14,34 @@ namespace {
 
 // dst[0..n) = input (row, col .. col+n) converted to `out`: dequantized under the piece's scale
 // grid, or cast.
-void convert_run(const Piece& p, uint64_t row, uint64_t col, uint64_t n, DType out, void* dst,
-                 std::vector<float>& scales) {
-  const uint8_t* src = input_at(p, row, col);
+void convert_run(const Piece& p, size_t i, uint64_t row, uint64_t col, uint64_t n, DType out, void* dst,
+                 std::vector<float>& scales, const ItemInputs& in) {
+  const uint8_t* src = in.input(p, i, row, col);
   if (!p.scale.info) {
     cast_run(src, p.input.info->dtype, n, dst, out);
     return;
   }
   const DequantScheme& d = p.scheme;
-  const uint8_t* grid = p.scale.file->data(*p.scale.info);
+  const uint8_t* grid_row = in.scale_row(p, i, row / d.block_rows);
   const uint64_t g0 = col / d.block_cols, g1 = (col + n - 1) / d.block_cols + 1;
-  const uint64_t grow = (row / d.block_rows) * d.grid_cols;
   scales.resize(g1 - g0);
-  for (uint64_t g = g0; g < g1; ++g) scales[g - g0] = scale_value(d.scale_dtype, grid, grow + g);
+  for (uint64_t g = g0; g < g1; ++g) scales[g - g0] = scale_value(d.scale_dtype, grid_row, g);
   const OutType o = out == DType::BF16 ? OutType::BF16 : out == DType::F16 ? OutType::F16 : OutType::F32;
   kernels().get(p.format, o)(src, n, scales.data(), d.block_cols, col % d.block_cols, dst);
 }
 
+// float32 values of elements [first, last) of `w` into s.values, read the scratch's way.
+const float* values_of(const PlannedTensor& w, uint64_t first, uint64_t last, Scratch& s) {
+  s.values.resize(last - first);
+  if (s.io == IoMode::Pread) s.side.stage(w, first, last);
+  else s.side.unstage();  // scratch outlives conversions: nothing staged by an earlier one is valid
+  produce(w, DType::F32, first, last, reinterpret_cast<uint8_t*>(s.values.data()), s, s.side);
+  return s.values.data();
+}
+
 // float32 values of `w`'s rows [r0, r1) into s.values.
 const float* weight_rows(const PlannedTensor& w, uint64_t r0, uint64_t r1, Scratch& s) {
-  s.values.resize((r1 - r0) * w.row_len);
-  produce(w, DType::F32, r0 * w.row_len, r1 * w.row_len, reinterpret_cast<uint8_t*>(s.values.data()), s);
-  return s.values.data();
+  return values_of(w, r0 * w.row_len, r1 * w.row_len, s);
 }
 
 // Block (128x128) amax of rows [0, n) × columns [c0, c1) of a row-major float matrix.
@@ -47,15 +53,13 @@ float band_amax(const float* v, uint64_t n, uint64_t len, uint64_t c0, uint64_t 
 
 }  // namespace
 
-const uint8_t* input_at(const Piece& p, uint64_t row, uint64_t col) {
-  return p.input.file->data(*p.input.info) + (row * p.in_cols + col) * dtype_size(p.input.info->dtype);
-}
-
 // Writes output elements [first, last) of `t`, as `as` elements, into `out`.
-void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, uint8_t* out, Scratch& s) {
+void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, uint8_t* out, Scratch& s,
+             const ItemInputs& in) {
   const uint64_t es = dtype_size(as);
   const uint64_t len = t.row_len;
-  for (const Piece& p : t.pieces) {
+  for (size_t i = 0; i < t.pieces.size(); ++i) {
+    const Piece& p = t.pieces[i];
     const uint64_t pr0 = p.out_row0, pr1 = p.out_row0 + p.out_rows();
     const uint64_t r_lo = std::max(pr0, first / len), r_hi = std::min(pr1, (last - 1) / len + 1);
     if (r_lo >= r_hi) continue;
@@ -65,8 +69,8 @@ void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, ui
         const uint64_t row_end = r == (last - 1) / len ? (last - 1) % len + 1 : len;
         const uint64_t c_hi = std::min(p.out_col0 + p.out_cols(), row_end);
         if (c_lo >= c_hi) continue;
-        convert_run(p, p.in_row0 + (r - pr0), p.in_col0 + (c_lo - p.out_col0), c_hi - c_lo, as,
-                    out + (r * len + c_lo - first) * es, s.scales);
+        convert_run(p, i, p.in_row0 + (r - pr0), p.in_col0 + (c_lo - p.out_col0), c_hi - c_lo, as,
+                    out + (r * len + c_lo - first) * es, s.scales, in);
       }
       continue;
     }
@@ -77,8 +81,9 @@ void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, ui
     s.tile.resize(kTile * w * es);
     for (uint64_t i0 = 0; i0 < p.rows; i0 += kTile) {
       const uint64_t n = std::min(kTile, p.rows - i0);
-      for (uint64_t i = 0; i < n; ++i)
-        convert_run(p, p.in_row0 + i0 + i, p.in_col0 + (r_lo - pr0), w, as, s.tile.data() + i * w * es, s.scales);
+      for (uint64_t k = 0; k < n; ++k)
+        convert_run(p, i, p.in_row0 + i0 + k, p.in_col0 + (r_lo - pr0), w, as, s.tile.data() + k * w * es, s.scales,
+                    in);
       transpose_tile(s.tile.data(), n, w, w, out + (r_lo * len + p.out_col0 + i0 - first) * es, len, es);
     }
   }
@@ -92,9 +97,7 @@ float AmaxCache::get(const Plan& plan, size_t i, uint64_t chunk_elems, Scratch& 
     float amax = 0.0f;
     for (uint64_t e = 0; e < n; e += step) {
       const uint64_t last = std::min(n, e + step);
-      s.values.resize(last - e);
-      produce(t, DType::F32, e, last, reinterpret_cast<uint8_t*>(s.values.data()), s);
-      amax = abs_max(s.values.data(), last - e, amax);
+      amax = abs_max(values_of(t, e, last, s), last - e, amax);
     }
     value_[i] = amax;
   });
@@ -105,7 +108,7 @@ float AmaxCache::get(const Plan& plan, size_t i, uint64_t chunk_elems, Scratch& 
 // (t.scale_of >= 0). Both sides derive each scale from the same float32 values, so the codes and
 // the scale grid written in different items agree.
 void produce_quantized(const Plan& plan, size_t index, uint64_t first, uint64_t last, uint8_t* out, Scratch& s,
-                       AmaxCache& amax, uint64_t chunk_elems) {
+                       AmaxCache& amax, uint64_t chunk_elems, const ItemInputs& in) {
   const PlannedTensor& t = plan.tensors[index];
   const bool real = t.quantize == QuantizeMode::Real;
   if (t.scale_of >= 0) {
@@ -151,9 +154,12 @@ void produce_quantized(const Plan& plan, size_t index, uint64_t first, uint64_t 
     }
     return;
   }
+  // A per-tensor scale first: computing it streams the tensor through s.values.
+  const float tensor_scale =
+      real && t.qscheme == ScaleScheme::PerTensor ? fp8_block_scale(amax.get(plan, index, chunk_elems, s)) : 0.0f;
   const uint64_t n = last - first;
   s.values.resize(n);
-  produce(t, DType::F32, first, last, reinterpret_cast<uint8_t*>(s.values.data()), s);
+  produce(t, DType::F32, first, last, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
   const float* v = s.values.data();
   if (!real) {
     cast_span_torch(v, n, out);
@@ -162,7 +168,7 @@ void produce_quantized(const Plan& plan, size_t index, uint64_t first, uint64_t 
   const uint64_t len = t.row_len;
   switch (t.qscheme) {
     case ScaleScheme::PerTensor:
-      quantize_span(v, n, fp8_block_scale(amax.get(plan, index, chunk_elems, s)), out);
+      quantize_span(v, n, tensor_scale, out);
       return;
     case ScaleScheme::Mx:  // items hold whole rows
       for (uint64_t r = 0; r * len < n; ++r)

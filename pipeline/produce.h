@@ -9,6 +9,7 @@
 #include <mutex>
 #include <vector>
 
+#include "pipeline/inputs.h"
 #include "pipeline/plan.h"
 
 namespace ckpt {
@@ -17,14 +18,14 @@ struct Scratch {
   std::vector<float> scales;
   std::vector<uint8_t> tile;
   std::vector<float> values;  // float32 values of a tensor being quantized
+  IoMode io = IoMode::Mmap;   // how FP8 export reads the tensors it derives scales from
+  ItemInputs side;            // their staged inputs under IoMode::Pread
 };
 
-// The first byte of input element (row, col) of a piece's input matrix.
-const uint8_t* input_at(const Piece& p, uint64_t row, uint64_t col);
-
 // Writes output elements [first, last) of `t`, as `as` elements (the output dtype, or F32 for
-// quantization), into `out`.
-void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, uint8_t* out, Scratch& s);
+// quantization), into `out`, reading the inputs where `in` has them (staged or mapped).
+void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, uint8_t* out, Scratch& s,
+             const ItemInputs& in);
 
 // The amax of whole tensors, for per-tensor FP8 export: computed once, by the first item that
 // needs it, in chunks so that no tensor is ever held whole.
@@ -40,6 +41,6 @@ class AmaxCache {
 
 // FP8 export of one item of plan.tensors[index]: e4m3 codes of the weight's values, or its scales.
 void produce_quantized(const Plan& plan, size_t index, uint64_t first, uint64_t last, uint8_t* out, Scratch& s,
-                       AmaxCache& amax, uint64_t chunk_elems);
+                       AmaxCache& amax, uint64_t chunk_elems, const ItemInputs& in);
 
 }  // namespace ckpt

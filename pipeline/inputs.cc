@@ -1,0 +1,99 @@
+#include "pipeline/inputs.h"
+
+#include <algorithm>
+
+namespace ckpt {
+
+ItemInputs::Region ItemInputs::read(const MappedFile& f, uint64_t tensor_offset, uint64_t in_cols, uint64_t es,
+                                    uint64_t r0, uint64_t r1, uint64_t c0, uint64_t c1) {
+  Region r{used_, r0, c0, 0};
+  const uint64_t width = c1 - c0;
+  // A band at least half as wide as the rows is read in one piece, gaps and all: one large read
+  // beats many short ones. Narrower bands (a slice of each row) are read row by row, packed.
+  const bool whole = 2 * width >= in_cols;
+  const uint64_t bytes = whole ? ((r1 - r0 - 1) * in_cols + width) * es : (r1 - r0) * width * es;
+  if (buf_.size() < used_ + bytes) buf_.resize(used_ + bytes);
+  uint8_t* dst = buf_.data() + used_;
+  if (whole) {
+    r.stride = in_cols * es;
+    f.read(tensor_offset + (r0 * in_cols + c0) * es, bytes, dst);
+  } else {
+    r.stride = width * es;
+    for (uint64_t row = r0; row < r1; ++row, dst += r.stride)
+      f.read(tensor_offset + (row * in_cols + c0) * es, r.stride, dst);
+  }
+  used_ += bytes;
+  bytes_read_ += bytes;
+  return r;
+}
+
+void ItemInputs::stage(const PlannedTensor& t, uint64_t first, uint64_t last) {
+  regions_.clear();
+  used_ = 0;
+  if (t.is_copy()) {  // a flat run of elements, not rows
+    const Piece& p = t.pieces[0];
+    const uint64_t es = dtype_size(p.input.info->dtype);
+    regions_.push_back(read(p.input.file->map(), p.input.file->file_offset(*p.input.info) + first * es,
+                            last - first, es, 0, 1, 0, last - first));
+    return;
+  }
+  const uint64_t len = t.row_len;
+  const uint64_t row0 = first / len, row1 = (last - 1) / len + 1;
+  regions_.resize(2 * t.pieces.size());  // per piece: input, scale
+  for (size_t i = 0; i < t.pieces.size(); ++i) {
+    const Piece& p = t.pieces[i];
+    const uint64_t pr0 = p.out_row0, pr1 = p.out_row0 + p.out_rows();
+    const uint64_t r_lo = std::max(pr0, row0), r_hi = std::min(pr1, row1);
+    if (r_lo >= r_hi) continue;
+    // The input rectangle [a, b) × [c0, c1) the item's part of this piece reads (produce.cc).
+    uint64_t a, b, c0, c1;
+    if (p.transpose) {
+      a = p.in_row0;
+      b = p.in_row0 + p.rows;
+      c0 = p.in_col0 + (r_lo - pr0);
+      c1 = c0 + (r_hi - r_lo);
+    } else {
+      a = p.in_row0 + (r_lo - pr0);
+      b = p.in_row0 + (r_hi - pr0);
+      c0 = p.in_col0;
+      c1 = p.in_col0 + p.cols;
+      if (r_hi - r_lo == 1) {  // part of one row
+        const uint64_t c_lo = std::max(p.out_col0, r_lo == row0 ? first % len : 0);
+        const uint64_t c_hi = std::min(p.out_col0 + p.out_cols(), r_lo == (last - 1) / len ? (last - 1) % len + 1 : len);
+        if (c_lo >= c_hi) continue;
+        c0 = p.in_col0 + (c_lo - p.out_col0);
+        c1 = p.in_col0 + (c_hi - p.out_col0);
+      }
+    }
+    const auto& in = *p.input.file;
+    regions_[2 * i] =
+        read(in.map(), in.file_offset(*p.input.info), p.in_cols, dtype_size(p.input.info->dtype), a, b, c0, c1);
+    if (!p.scale.info) continue;
+    const DequantScheme& d = p.scheme;
+    const auto& sf = *p.scale.file;
+    regions_[2 * i + 1] = read(sf.map(), sf.file_offset(*p.scale.info), d.grid_cols, dtype_size(p.scale.info->dtype),
+                               a / d.block_rows, (b - 1) / d.block_rows + 1, 0, d.grid_cols);
+  }
+}
+
+const uint8_t* ItemInputs::input(const Piece& p, size_t i, uint64_t row, uint64_t col) const {
+  const uint64_t es = dtype_size(p.input.info->dtype);
+  if (regions_.empty()) return p.input.file->data(*p.input.info) + (row * p.in_cols + col) * es;
+  const Region& r = regions_[2 * i];
+  return buf_.data() + r.at + (row - r.row0) * r.stride + (col - r.col0) * es;
+}
+
+const uint8_t* ItemInputs::scale_row(const Piece& p, size_t i, uint64_t grid_row) const {
+  if (regions_.empty())
+    return p.scale.file->data(*p.scale.info) + grid_row * p.scheme.grid_cols * dtype_size(p.scale.info->dtype);
+  const Region& r = regions_[2 * i + 1];
+  return buf_.data() + r.at + (grid_row - r.row0) * r.stride;
+}
+
+const uint8_t* ItemInputs::copy_bytes(const PlannedTensor& t, uint64_t first) const {
+  if (!regions_.empty()) return buf_.data();
+  const Piece& p = t.pieces[0];
+  return p.input.file->data(*p.input.info) + first * dtype_size(p.input.info->dtype);
+}
+
+}  // namespace ckpt

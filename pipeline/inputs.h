@@ -1,0 +1,48 @@
+// Where the transform stage finds an item's input bytes. With `--io mmap` (the default) they are
+// read in place from the file maps; with `--io pread` the read stage first copies, with a few
+// large positional reads, exactly the input rows (and scale-grid rows) the item needs into a
+// buffer that is reused from item to item. The transform asks for element (row, col) of a piece
+// and gets a pointer either way, so the numerics never know which I/O mode ran.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "pipeline/plan.h"
+
+namespace ckpt {
+
+enum class IoMode : uint8_t { Mmap, Pread };
+
+class ItemInputs {
+ public:
+  // Reads (pread) every input byte that output elements [first, last) of `t` need. Until
+  // `stage` is called, or after `unstage`, pointers go into the maps.
+  void stage(const PlannedTensor& t, uint64_t first, uint64_t last);
+  void unstage() { regions_.clear(); }
+  bool staged() const { return !regions_.empty(); }
+
+  // Input element (row, col) of piece `i` of the staged tensor (row and col in the input matrix).
+  const uint8_t* input(const Piece& p, size_t i, uint64_t row, uint64_t col) const;
+  // The first scale of grid row `grid_row` of piece `i`.
+  const uint8_t* scale_row(const Piece& p, size_t i, uint64_t grid_row) const;
+  // A copied tensor's bytes for output elements from `first` on.
+  const uint8_t* copy_bytes(const PlannedTensor& t, uint64_t first) const;
+
+  uint64_t bytes_read() const { return bytes_read_; }
+
+ private:
+  // A staged rectangle: input rows from `row0`, columns from `col0`, `stride` bytes apart.
+  struct Region {
+    uint64_t at = 0;  // offset in buf_
+    uint64_t row0 = 0, col0 = 0, stride = 0;
+  };
+  // Reads rows [r0, r1) × columns [c0, c1) of a row-major matrix at `tensor_offset` of `f`.
+  Region read(const MappedFile& f, uint64_t tensor_offset, uint64_t in_cols, uint64_t es, uint64_t r0, uint64_t r1,
+              uint64_t c0, uint64_t c1);
+  std::vector<Region> regions_;  // per piece: input, then scale (when it has one)
+  std::vector<uint8_t> buf_;
+  uint64_t used_ = 0, bytes_read_ = 0;
+};
+
+}  // namespace ckpt
