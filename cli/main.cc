@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <optional>
 
+#include "bench/harness.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "pipeline/convert.h"
@@ -123,6 +125,76 @@ int run_synth(SynthOptions o, const std::string& size) {
   return 0;
 }
 
+struct BenchArgs {
+  std::string in, family = "minimax_m2", sizes = "2GB", threads = "1,2", to = "native", io = "mmap", sink = "file",
+              budget = "1GiB", work, report, plot;
+  unsigned runs = 5;
+  bool json = false, no_floor = false;
+};
+
+template <typename T>
+std::vector<T> split_list(const std::string& text, const std::string& option, T (*parse)(const std::string&)) {
+  std::vector<T> v;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    if (item.empty()) fail_usage("{}: empty item in '{}'", option, text);
+    v.push_back(parse(item));
+    start = end + 1;
+  }
+  return v;
+}
+
+int run_bench(const BenchArgs& a, const std::string& invocation) {
+  BenchOptions o;
+  o.exe = "/proc/self/exe";
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) o.exe = std::string(self, static_cast<size_t>(n));
+  o.in = a.in;
+  o.family = a.family;
+  o.sizes = split_list<uint64_t>(a.sizes, "--sizes", [](const std::string& s) { return parse_size(s, "--sizes"); });
+  o.threads = split_list<unsigned>(a.threads, "--threads", [](const std::string& s) {
+    try {
+      size_t used = 0;
+      const unsigned long v = std::stoul(s, &used);
+      if (used == s.size() && v <= 4096) return static_cast<unsigned>(v);
+    } catch (const std::exception&) {
+    }
+    fail_usage("--threads: '{}' is not a thread count", s);
+  });
+  o.runs = a.runs;
+  o.floor = !a.no_floor;
+  o.convert_args = {"--to", a.to, "--io", a.io, "--sink", a.sink, "--memory-budget", a.budget};
+  if (!a.in.empty()) o.convert_args.insert(o.convert_args.end(), {"--family", a.family});
+  o.work = a.work.empty() ? (std::filesystem::is_directory("/dev/shm") ? std::filesystem::path("/dev/shm")
+                                                                       : std::filesystem::temp_directory_path()) /
+                                fmt::format("ckptconv-bench-{}", getpid())
+                          : std::filesystem::path(a.work);
+  if (!a.json) o.log = [](const std::string& line) { fmt::print(stderr, "{}\n", line); };
+  struct Cleanup {
+    std::filesystem::path dir;
+    bool owned;
+    ~Cleanup() {
+      std::error_code ec;
+      if (owned) std::filesystem::remove_all(dir, ec);
+    }
+  } cleanup{o.work, a.work.empty()};
+  const BenchResult r = ckpt::run_bench(o);
+  if (a.json) std::cout << bench_json(r).dump(2) << "\n";
+  else std::cout << bench_table(r);
+  if (!a.report.empty()) {
+    std::ofstream(a.report) << bench_markdown(r, invocation);
+    if (!a.json) fmt::print("report: {}\n", a.report);
+  }
+  if (!a.plot.empty()) {
+    bench_plot(r, a.plot);
+    if (!a.json) fmt::print("plots: {0}-threads.png {0}-size.png\n", a.plot);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -199,6 +271,29 @@ int main(int argc, char** argv) {
   syn->add_option("--threads", so.threads, "Worker threads (0: all cores)");
   syn->add_flag("--sparse", so.sparse, "Headers and file sizes only (data reads as zeros, takes no disk)");
 
+  BenchArgs ba;
+  auto* bench = app.add_subcommand(
+      "bench", "Measure conversions against the floor of this machine: median wall time, GB/s, peak RSS, "
+               "time per stage, and in the same rounds a cp of the same output bytes and a large memcpy");
+  bench->add_option("--in", ba.in, "Convert this checkpoint (default: synthesize one per --sizes)");
+  bench->add_option("--family", ba.family, "Family to synthesize (or of --in)")->capture_default_str();
+  bench->add_option("--sizes", ba.sizes, "Synthesized input sizes, comma-separated (e.g. 1GB,2GB,4GB)")
+      ->capture_default_str();
+  bench->add_option("--threads", ba.threads, "Thread counts to compare, comma-separated (0: all cores)")
+      ->capture_default_str();
+  bench->add_option("--runs", ba.runs, "Rounds per point (medians are reported)")->capture_default_str();
+  bench->add_option("--to", ba.to, "Conversion direction: native, dequant, hf")->capture_default_str();
+  bench->add_option("--io", ba.io, "Input reads: mmap or pread")->capture_default_str()->check(CLI::IsMember({"mmap", "pread"}));
+  bench->add_option("--sink", ba.sink, "file, or null to convert without storing")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"file", "null"}));
+  bench->add_option("--memory-budget", ba.budget, "Bytes in flight per conversion")->capture_default_str();
+  bench->add_option("--work", ba.work, "Scratch directory for inputs, outputs and copies (default: /dev/shm)");
+  bench->add_option("--report", ba.report, "Also write a markdown report to this file");
+  bench->add_option("--plot", ba.plot, "Write PREFIX-threads.png and PREFIX-size.png with gnuplot");
+  bench->add_flag("--no-floor", ba.no_floor, "Skip the cp and memcpy floors");
+  bench->add_flag("--json", ba.json, "Print the results as JSON on stdout");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -210,6 +305,11 @@ int main(int argc, char** argv) {
     if (*insp) return run_inspect(ipath, ijson);
     if (*ver) return run_verify(va, vb, atol);
     if (*syn) return run_synth(so, ssize);
+    if (*bench) {
+      std::string invocation = "ckptconv";
+      for (int i = 1; i < argc; ++i) invocation += std::string(" ") + argv[i];
+      return run_bench(ba, invocation);
+    }
   } catch (const ckpt::Error& e) {
     fmt::print(stderr, "ckptconv: {}\n", e.what());
     return e.exit_code();
