@@ -82,6 +82,9 @@ Checkpoint Checkpoint::open(const fs::path& path) {
       for (const auto& f : shard_names) {
         if (!fs::exists(path / f))
           fail_input("{}: lists shard '{}', which does not exist", index.string(), f);
+        // Opening a FIFO would block forever and a directory or device is no shard.
+        if (!fs::is_regular_file(path / f))
+          fail_input("{}: lists shard '{}', which is not a regular file", index.string(), f);
         c.files_.push_back(std::make_unique<SafetensorsFile>(path / f));
         by_file[f] = c.files_.back().get();
       }
@@ -132,7 +135,14 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   const fs::path config = c.dir_ / "config.json";
   if (fs::exists(config)) {
     try {
-      c.config_ = nlohmann::ordered_json::parse(read_text(config));
+      // Writing config.json back recurses once per level, so absurd nesting is refused here.
+      constexpr int kMaxConfigDepth = 64;
+      c.config_ = nlohmann::ordered_json::parse(
+          read_text(config), [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
+            if (depth > kMaxConfigDepth)
+              fail_input("{}: nested deeper than {} levels", config.string(), kMaxConfigDepth);
+            return true;
+          });
     } catch (const nlohmann::json::exception& e) {
       fail_input("{}: not valid JSON: {}", config.string(), e.what());
     }

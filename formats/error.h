@@ -13,9 +13,13 @@ namespace ckpt {
 
 enum class ErrorKind { Internal = 1, Usage = 2, InvalidInput = 3, Io = 4 };
 
+// `message` with every control character written as an escape (\n, \x1b, ...): names taken from
+// a file (tensors, shards, config values) must not break the message's single line.
+std::string one_line(std::string message);
+
 class Error : public std::runtime_error {
  public:
-  Error(ErrorKind kind, std::string message) : std::runtime_error(std::move(message)), kind_(kind) {}
+  Error(ErrorKind kind, std::string message) : std::runtime_error(one_line(std::move(message))), kind_(kind) {}
   ErrorKind kind() const noexcept { return kind_; }
   int exit_code() const noexcept { return static_cast<int>(kind_); }
 

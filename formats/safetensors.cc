@@ -164,10 +164,13 @@ Header parse_header(const uint8_t* bytes, uint64_t available, uint64_t file_size
       fail_input("{}: tensor '{}': {} {} needs {} bytes but data_offsets [{}, {}] hold {}", file,
                  key, dtype_name(t.dtype), shape_str(t.shape), nbytes, t.begin, t.end,
                  t.end - t.begin);
-    if (t.end > data_size)
+    if (t.end > data_size) {
+      uint64_t at = 0;
+      const bool wraps = __builtin_add_overflow(h.data_start, t.begin, &at);
       fail_input("{}: tensor '{}': data_offsets end {} past the data buffer ({} bytes) at file "
                  "offset {}",
-                 file, key, t.end, data_size, h.data_start + t.begin);
+                 file, key, t.end, data_size, wraps ? std::string("beyond 2^64") : std::to_string(at));
+    }
     h.tensors.push_back(std::move(t));
   }
 

@@ -98,20 +98,33 @@ void plan_hf(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
       continue;
     }
     const auto& shape = t.info->shape;
-    if (shape.size() != 3) fail_input("'{}' is {}, expected a 3-d grouped tensor", t.name(), shape_str(shape));
+    const std::string file = t.file->path().string();
+    if (shape.size() != 3)
+      fail_input("{}: tensor '{}' is {}, expected a 3-d grouped tensor", file, t.name(), shape_str(shape));
     const uint64_t inter = moe_inter(tc);
     if (h.down && shape[1] != inter) {  // upstream leaves such a tensor as it is
       plan.tensors.push_back(whole_tensor(t.name(), t, t.info->dtype));
       continue;
     }
-    const uint64_t experts = tc.value(std::string(f.experts_key), uint64_t{0});
+    const auto configured = tc.find(std::string(f.experts_key));
+    if (configured != tc.end() && !configured->is_number_unsigned())
+      fail_input("config.json: '{}' must be a non-negative integer, got {}", f.experts_key,
+                 configured->is_primitive() ? configured->dump() : std::string(configured->type_name()));
+    const uint64_t experts = configured != tc.end() ? configured->get<uint64_t>() : 0;
     if (shape[0] != experts)
-      fail_input("'{}' holds {} experts but config.json '{}' is {}: an expert-parallel slice cannot be exported",
-                 t.name(), shape[0], f.experts_key, experts);
-    const uint64_t width = f.gated ? 2 * inter : inter;
+      fail_input("{}: tensor '{}' holds {} experts but config.json '{}' is {}: an expert-parallel slice cannot be "
+                 "exported",
+                 file, t.name(), shape[0], f.experts_key, experts);
+    uint64_t width = inter;
+    if (f.gated && !checked_mul(inter, 2, width))
+      fail_input("config.json: MoE intermediate size {} is too large", inter);
+    // Experts of zero bytes cost nothing to store, so their count would bound nothing.
+    if (shape[0] > 0 && (shape[1] == 0 || shape[2] == 0))
+      fail_input("{}: tensor '{}' is {}: grouped experts cannot have an empty dimension", file, t.name(),
+                 shape_str(shape));
     if (!h.down && shape[2] != width)
-      fail_input("'{}' is {}, but config.json MoE intermediate size {} makes its last dimension {}", t.name(),
-                 shape_str(shape), inter, width);
+      fail_input("{}: tensor '{}' is {}, but config.json MoE intermediate size {} makes its last dimension {}", file,
+                 t.name(), shape_str(shape), inter, width);
     for (uint64_t e = 0; e < experts; ++e) {
       if (h.down) {
         add(plan, f, opt, expert_slice(hf_expert_name(f, h.name, e, 2, ctx), t, e, inter, shape[2], 0, shape[2]));

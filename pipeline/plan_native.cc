@@ -4,6 +4,7 @@
 // missing experts, expert ids past the configured count, shapes that contradict the config — is
 // an error before any data is read.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <map>
@@ -23,6 +24,17 @@ uint64_t config_uint(const nlohmann::ordered_json& cfg, std::string_view key, st
   const auto it = cfg.find(std::string(key));
   if (it == cfg.end() || !it->is_number_unsigned())
     fail_input("config.json: '{}' (a non-negative integer) is needed to {}", key, why);
+  return it->get<uint64_t>();
+}
+
+// An optional config.json count: absent or null is nullopt, anything but a non-negative integer
+// is an error (a silently ignored count would skip the check it exists for).
+std::optional<uint64_t> config_count(const nlohmann::ordered_json& cfg, std::string_view key) {
+  const auto it = cfg.find(std::string(key));
+  if (it == cfg.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number_unsigned())
+    fail_input("config.json: '{}' must be a non-negative integer, got {}", key,
+               it->is_primitive() ? it->dump() : std::string(it->type_name()));
   return it->get<uint64_t>();
 }
 
@@ -78,7 +90,7 @@ void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
   MapContext ctx;
   if (f.layer_cutoff) ctx.num_layers = config_uint(tc, "num_hidden_layers", "drop layers past the model");
   if (f.mtp == MtpRule::MiniMaxM3)
-    ctx.mtp = opt.mtp == MtpMode::On || (opt.mtp == MtpMode::Auto && tc.value("num_mtp_modules", uint64_t{1}) > 0);
+    ctx.mtp = opt.mtp == MtpMode::On || (opt.mtp == MtpMode::Auto && config_count(tc, "num_mtp_modules").value_or(1) > 0);
   else
     ctx.mtp = opt.mtp != MtpMode::Off;
   ctx.keep_names = keeps_hf_names(f, tc);
@@ -86,14 +98,15 @@ void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
   // Layers a checkpoint may hold: the configured ones plus DeepSeek-style next-token-prediction
   // layers, which releases store as the following layer indices.
   std::optional<uint64_t> layers;
-  if (tc.contains("num_hidden_layers") && tc["num_hidden_layers"].is_number_unsigned())
-    layers = tc["num_hidden_layers"].get<uint64_t>() + tc.value("num_nextn_predict_layers", uint64_t{0});
+  if (const auto n = config_count(tc, "num_hidden_layers")) {
+    const uint64_t nextn = config_count(tc, "num_nextn_predict_layers").value_or(0);
+    layers = *n > UINT64_MAX - nextn ? UINT64_MAX : *n + nextn;
+  }
   // A config that counts MTP modules must hold all the checkpoint has (0 means "none configured",
   // which --mtp on may override).
   std::optional<uint64_t> mtp_modules;
-  if (f.mtp == MtpRule::MiniMaxM3 && tc.contains("num_mtp_modules") && tc["num_mtp_modules"].is_number_unsigned() &&
-      tc["num_mtp_modules"].get<uint64_t>() > 0)
-    mtp_modules = tc["num_mtp_modules"].get<uint64_t>();
+  if (f.mtp == MtpRule::MiniMaxM3)
+    if (const auto m = config_count(tc, "num_mtp_modules"); m && *m > 0) mtp_modules = m;
   const Inputs in{ck, config_block_size(&cfg).value_or(BlockSize{}), f.mistral_scales};
   const DType dtype = to_dtype(opt.dtype);
   const DType fp8_dtype = f.mistral_scales ? DType::BF16 : dtype;
@@ -135,7 +148,9 @@ void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
       order.emplace_back(1, groups.size() - 1);
     }
     auto& slot = groups[it->second].by_id[nk.expert][nk.proj];
-    if (slot) fail_input("tensor '{}' and '{}' both map to expert {} of '{}'", slot->name(), t.name(), nk.expert, nk.name);
+    if (slot)
+      fail_input("{}: tensor '{}' and '{}' both map to expert {} of '{}'", t.file->path().string(), slot->name(),
+                 t.name(), nk.expert, nk.name);
     slot = &t;
   }
 
@@ -146,35 +161,46 @@ void plan_native(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
     const uint64_t inter = config_uint(tc, f.inter_key, "group the routed experts");
     uint32_t first = 0, last = static_cast<uint32_t>(experts);
     if (opt.ep_size > 1) ep_range(static_cast<uint32_t>(experts), opt.ep_rank.value_or(0), opt.ep_size, first, last);
-    std::vector<std::string> missing;
+    // Missing weights are counted, not listed: a config may claim far more experts than any file
+    // holds. Examples come from the first gaps, so that loop stops after the experts present.
+    const uint8_t p0 = f.gated ? 0 : 1;
+    uint64_t missing = 0;
+    std::vector<std::string> shown;
     for (auto& g : groups) {
-      for (const auto& [id, projs] : g.by_id)
+      uint64_t present = 0;
+      for (const auto& [id, projs] : g.by_id) {
+        const TensorRef* any = projs[0] ? projs[0] : projs[1] ? projs[1] : projs[2];
         if (id >= experts)
-          fail_input("'{}' has expert {}, but config.json '{}' is {}; refusing to drop it", g.prefix, id,
-                     f.experts_key, experts);
-      for (uint64_t e = 0; e < experts; ++e)
-        for (uint8_t p = f.gated ? 0 : 1; p < 3; ++p)
+          fail_input("{}: tensor '{}' is expert {} of '{}', but config.json '{}' is {}; refusing to drop it",
+                     any->file->path().string(), any->name(), id, g.prefix, f.experts_key, experts);
+        for (uint8_t p = p0; p < 3; ++p) present += projs[p] != nullptr;
+      }
+      uint64_t expected = 0;
+      if (__builtin_mul_overflow(experts, uint64_t{3} - p0, &expected) ||
+          __builtin_add_overflow(missing, expected - present, &missing))
+        missing = UINT64_MAX;
+      for (uint64_t e = 0; e < experts && shown.size() < 3; ++e)
+        for (uint8_t p = p0; p < 3 && shown.size() < 3; ++p)
           if (!g.by_id.count(e) || !g.by_id[e][p])
-            missing.push_back(fmt::format("{}.{}.{}", g.prefix, e, p == 0 ? "gate_proj" : p == 1 ? "up_proj" : "down_proj"));
+            shown.push_back(fmt::format("{}.{}.{}", g.prefix, e, p == 0 ? "gate_proj" : p == 1 ? "up_proj" : "down_proj"));
     }
-    if (!missing.empty()) {
-      std::string shown;
-      for (size_t i = 0; i < missing.size() && i < 3; ++i) shown += (i ? ", " : "") + missing[i];
-      fail_input("{} expert weight(s) missing (config.json '{}' = {}), e.g. {}", missing.size(), f.experts_key,
-                 experts, shown);
-    }
+    if (missing > 0)
+      fail_input("{} expert weight(s) missing (config.json '{}' = {}), e.g. {}", missing, f.experts_key, experts,
+                 fmt::join(shown, ", "));
     for (size_t gi = 0; gi < groups.size(); ++gi) {
       auto& g = groups[gi];
       const TensorRef& down0 = *g.by_id[0][2];
       if (down0.info->shape.size() != 2)
-        fail_input("'{}' is {}, expected [dim, inter]", down0.name(), shape_str(down0.info->shape));
+        fail_input("{}: tensor '{}' is {}, expected [dim, inter]", down0.file->path().string(), down0.name(),
+                   shape_str(down0.info->shape));
       const uint64_t dim = down0.info->shape[0];
       const std::vector<uint64_t> in_shape{inter, dim}, down_shape{dim, inter};
       for (auto& [id, projs] : g.by_id)
         for (uint8_t p = f.gated ? 0 : 1; p < 3; ++p)
           if (projs[p]->info->shape != (p == 2 ? down_shape : in_shape))
-            fail_input("'{}' is {}, but config.json '{}' = {} and hidden size {} make it {}", projs[p]->name(),
-                       shape_str(projs[p]->info->shape), f.inter_key, inter, dim,
+            fail_input("{}: tensor '{}' is {}, but config.json '{}' = {} and hidden size {} make it {}",
+                       projs[p]->file->path().string(), projs[p]->name(), shape_str(projs[p]->info->shape), f.inter_key,
+                       inter, dim,
                        shape_str(p == 2 ? down_shape : in_shape));
       const uint64_t n = last - first;
       const uint64_t width = f.gated ? 2 * inter : inter;

@@ -48,12 +48,13 @@ std::string read_bytes(const fs::path& path) {
   return ss.str();
 }
 
-RunResult run_cli(const std::string& args) {
+RunResult run_cli(const std::string& args, unsigned timeout_s) {
   static int counter = 0;
   const fs::path base = fs::temp_directory_path() /
                         ("ckpt-cli-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
   const std::string out_file = base.string() + ".out", err_file = base.string() + ".err";
-  const std::string cmd = std::string(CKPT_BINARY) + " " + args + " >" + out_file + " 2>" + err_file +
+  const std::string limit = timeout_s ? "timeout -k 5 " + std::to_string(timeout_s) + " " : "";
+  const std::string cmd = limit + std::string(CKPT_BINARY) + " " + args + " >" + out_file + " 2>" + err_file +
                           " </dev/null";
   const int status = std::system(cmd.c_str());
   RunResult r{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), read_bytes(out_file),

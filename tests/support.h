@@ -32,8 +32,9 @@ struct RunResult {
   std::string out;  // stdout
   std::string err;  // stderr
 };
-// Runs the ckptconv binary with `args` (shell-quoted by the caller where needed).
-RunResult run_cli(const std::string& args);
+// Runs the ckptconv binary with `args` (shell-quoted by the caller where needed). With a
+// `timeout_s`, coreutils' timeout stops a run that hangs (exit 124, or 137 if it ignores SIGTERM).
+RunResult run_cli(const std::string& args, unsigned timeout_s = 0);
 
 }  // namespace ckpt::test
 

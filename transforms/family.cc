@@ -240,8 +240,9 @@ std::optional<uint64_t> mtp_index(std::string_view name) {
 }
 
 bool keeps_hf_names(const FamilyRules& f, const nlohmann::ordered_json& tc) {
-  return f.mistral_vlm_names && tc.value("model_type", "") == "ministral3" &&
-         tc.value("num_hidden_layers", uint64_t{0}) == 88;
+  // Compared as JSON values: a config.json value of another type is no match, not an exception.
+  const auto mt = tc.find("model_type"), layers = tc.find("num_hidden_layers");
+  return f.mistral_vlm_names && mt != tc.end() && *mt == "ministral3" && layers != tc.end() && *layers == 88;
 }
 
 std::optional<uint64_t> layer_index(std::string_view name) {
@@ -268,7 +269,10 @@ const nlohmann::ordered_json& text_config(const nlohmann::ordered_json& config) 
 }
 
 const FamilyRules& detect_family(const nlohmann::ordered_json& config) {
-  const std::string mt = config.value("model_type", "");
+  const auto it = config.find("model_type");
+  if (it != config.end() && !it->is_string() && !it->is_null())
+    fail_input("config.json: model_type must be a string, got {}", it->type_name());
+  const std::string mt = it != config.end() && it->is_string() ? it->get<std::string>() : "";
   for (const auto& f : kFamilies)
     for (auto t : f.model_types)
       if (mt == t) {

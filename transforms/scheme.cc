@@ -23,9 +23,13 @@ std::optional<BlockSize> config_block_size(const nlohmann::ordered_json* config)
     const auto& q = (*scope)["quantization_config"];
     if (!q.is_object() || !q.contains("weight_block_size")) continue;
     const auto& b = q["weight_block_size"];
-    if (b.is_array() && b.size() == 2 && b[0].is_number_unsigned() && b[1].is_number_unsigned() &&
-        b[0].get<uint64_t>() > 0 && b[1].get<uint64_t>() > 0)
-      return BlockSize{b[0].get<uint64_t>(), b[1].get<uint64_t>()};
+    if (b.is_null()) continue;  // per-tensor releases write null
+    // Present but unusable: guessing 128 x 128 instead could dequantize with the wrong blocks.
+    if (!b.is_array() || b.size() != 2 || !b[0].is_number_unsigned() || !b[1].is_number_unsigned() ||
+        b[0].get<uint64_t>() == 0 || b[1].get<uint64_t>() == 0)
+      fail_input("config.json: quantization_config.weight_block_size must be [rows, cols] of positive integers, got {}",
+                 b.is_primitive() || b.size() <= 4 ? b.dump() : std::string(b.type_name()));
+    return BlockSize{b[0].get<uint64_t>(), b[1].get<uint64_t>()};
   }
   return std::nullopt;
 }
@@ -54,8 +58,9 @@ DequantScheme detect_scheme(const TensorInfo& w, const TensorInfo& s, BlockSize 
   if (exponent_scale) {
     if (ws.size() != 2 || s.shape.size() != 2 || s.shape[0] != ws[0] ||
         s.shape[1] != ceil_div(ws[1], kMxBlock))
-      misfit(fmt::format("an exponent scale must be [out, ceil(in/32)] = [{}, {}]",
-                         ws.empty() ? 0 : ws[0], ws.size() == 2 ? ceil_div(ws[1], kMxBlock) : 0));
+      misfit(ws.size() != 2 ? std::string("an exponent scale needs a 2-d weight")
+                            : fmt::format("an exponent scale must be [out, ceil(in/32)] = [{}, {}]", ws[0],
+                                          ceil_div(ws[1], kMxBlock)));
     d.kind = ScaleScheme::Mx;
     d.block_rows = 1;
     d.block_cols = kMxBlock;
