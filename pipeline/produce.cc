@@ -76,15 +76,17 @@ void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, ui
     }
     // Transposed: output rows [r_lo, r_hi) are input columns; walk the input rows in tiles,
     // convert each tile's band of columns, then transpose it into place.
+    // Tile rows are padded by a cache line: model widths are powers of two, and rows a power of
+    // two apart fall into one L1 set, so the transpose's 32 row streams would evict each other.
     constexpr uint64_t kTile = 32;
-    const uint64_t w = r_hi - r_lo;
-    s.tile.resize(kTile * w * es);
+    const uint64_t w = r_hi - r_lo, stride = w + 64 / es;
+    s.tile.resize(kTile * stride * es);
     for (uint64_t i0 = 0; i0 < p.rows; i0 += kTile) {
       const uint64_t n = std::min(kTile, p.rows - i0);
       for (uint64_t k = 0; k < n; ++k)
-        convert_run(p, i, p.in_row0 + i0 + k, p.in_col0 + (r_lo - pr0), w, as, s.tile.data() + k * w * es, s.scales,
-                    in);
-      transpose_tile(s.tile.data(), n, w, w, out + (r_lo * len + p.out_col0 + i0 - first) * es, len, es);
+        convert_run(p, i, p.in_row0 + i0 + k, p.in_col0 + (r_lo - pr0), w, as, s.tile.data() + k * stride * es,
+                    s.scales, in);
+      transpose_tile(s.tile.data(), n, w, stride, out + (r_lo * len + p.out_col0 + i0 - first) * es, len, es);
     }
   }
 }
