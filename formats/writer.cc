@@ -4,7 +4,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <xxhash.h>
+// The library's runtime-dispatched XXH3 (AVX2/AVX-512 where the CPU has them): 3-4x the
+// baseline build's speed on the shards' bytes. Called by name, not through its macros.
+#define XXH_DISPATCH_DISABLE_REPLACE
+#include <xxh_x86dispatch.h>
+
 #include <cerrno>
+#include <cstring>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
@@ -63,8 +70,16 @@ std::string shard_file_name(size_t index, size_t count) {
   return fmt::format("model-{:05d}-of-{:05d}.safetensors", index + 1, count);
 }
 
+namespace {
+constexpr std::string_view kTempSuffix = ".ckptconv-partial";
+}
+
 fs::path temp_path_for(const fs::path& final_path) {
-  return final_path.parent_path() / ("." + final_path.filename().string() + ".ckptconv-partial");
+  return final_path.parent_path() / ("." + final_path.filename().string() + std::string(kTempSuffix));
+}
+
+bool is_temp_name(const std::string& name) {
+  return name.size() > kTempSuffix.size() + 1 && name.front() == '.' && name.ends_with(kTempSuffix);
 }
 
 namespace {
@@ -92,17 +107,87 @@ void check_replaceable(const fs::path& path) {
     fail(ErrorKind::Io, "{}: exists and is not a regular file", path.string());
 }
 
+void pread_all(int fd, uint8_t* dst, uint64_t len, uint64_t offset, const fs::path& path) {
+  while (len > 0) {
+    const ssize_t n = ::pread(fd, dst, std::min<uint64_t>(len, 1ull << 30), static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail_io_errno(errno, fmt::format("{}: read of {} bytes at offset {}", path.string(), len, offset));
+    }
+    if (n == 0) fail(ErrorKind::Io, "{}: ends before offset {}", path.string(), offset);
+    dst += n;
+    len -= static_cast<uint64_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+}
+
+void put_block_hash(uint8_t* at, const void* data, uint64_t len) {
+  XXH64_canonical_t c;
+  XXH64_canonicalFromHash(&c, XXH3_64bits_dispatch(data, len));
+  std::memcpy(at, c.digest, sizeof c.digest);
+}
+
+// One block's worth of buffer per thread, for blocks read back from a file.
+uint8_t* block_buffer() {
+  thread_local std::unique_ptr<uint8_t[]> buf(new uint8_t[kChecksumBlock]);
+  return buf.get();
+}
+}  // namespace
+
 void fsync_dir(const fs::path& dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;
   ::fsync(fd);  // best effort: some filesystems refuse fsync on directories
   ::close(fd);
 }
-}  // namespace
 
-ShardWriter::ShardWriter(const fs::path& dir, const ShardLayout& layout, bool reserve)
-    : final_(dir / layout.file_name), temp_(temp_path_for(final_)) {
+uint64_t shard_checksum(const fs::path& file) {
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail_io_errno(errno, fmt::format("{}: cannot open", file.string()));
+  struct stat st{};
+  XXH3_state_t* state = XXH3_createState();
+  if (!state) {
+    ::close(fd);
+    throw std::bad_alloc();
+  }
+  try {
+    if (::fstat(fd, &st) != 0) fail_io_errno(errno, fmt::format("{}: cannot stat", file.string()));
+    XXH3_64bits_reset(state);
+    // One block per read: hashed while the copy is still in this core's cache.
+    uint8_t* buf = block_buffer();
+    const auto size = static_cast<uint64_t>(st.st_size);
+    for (uint64_t at = 0; at < size; at += kChecksumBlock) {
+      const uint64_t n = std::min(kChecksumBlock, size - at);
+      pread_all(fd, buf, n, at, file);
+      uint8_t h[8];
+      put_block_hash(h, buf, n);
+      XXH3_64bits_update(state, h, sizeof h);
+    }
+  } catch (...) {
+    XXH3_freeState(state);
+    ::close(fd);
+    throw;
+  }
+  const uint64_t sum = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  ::close(fd);
+  return sum;
+}
+
+ShardWriter::ShardWriter(const fs::path& dir, const ShardLayout& layout, bool reserve, OnComplete on_complete)
+    : final_(dir / layout.file_name),
+      temp_(temp_path_for(final_)),
+      size_(layout.file_size),
+      data_start_(layout.data_start),
+      on_complete_(std::move(on_complete)) {
   check_replaceable(final_);
+  if (on_complete_) {
+    blocks_ = (size_ + kChecksumBlock - 1) / kChecksumBlock;
+    block_left_.reset(new std::atomic<uint32_t>[blocks_]);
+    for (uint64_t k = 0; k < blocks_; ++k)
+      block_left_[k].store(static_cast<uint32_t>(std::min(kChecksumBlock, size_ - k * kChecksumBlock)));
+    block_hash_.reset(new uint8_t[blocks_ * 8]);
+  }
   fd_ = ::open(temp_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) fail_io_errno(errno, fmt::format("{}: cannot create", temp_.string()));
   try {
@@ -114,11 +199,18 @@ ShardWriter::ShardWriter(const fs::path& dir, const ShardLayout& layout, bool re
       if (rc != 0 && ::ftruncate(fd_, static_cast<off_t>(layout.file_size)) != 0)
         fail_io_errno(errno, fmt::format("{}: setting size to {}", temp_.string(), layout.file_size));
     }
-    uint8_t len[8];
+    std::string head(8, '\0');
     const uint64_t n = layout.header.size();
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-    pwrite_all(fd_, len, 8, 0, temp_);
-    pwrite_all(fd_, layout.header.data(), n, 8, temp_);
+    for (int i = 0; i < 8; ++i) head[i] = static_cast<char>(n >> (8 * i));
+    head += layout.header;
+    pwrite_all(fd_, head.data(), head.size(), 0, temp_);
+    if (on_complete_) {
+      if (head.size() != data_start_ || data_start_ > size_)
+        fail(ErrorKind::Internal, "{}: layout's data start {} does not follow its header", final_.string(),
+             data_start_);
+      hash_blocks(0, reinterpret_cast<const uint8_t*>(head.data()), head.size());
+      if (size_ == data_start_) complete();
+    }
   } catch (...) {
     ::close(fd_);
     ::unlink(temp_.c_str());
@@ -132,7 +224,48 @@ ShardWriter::~ShardWriter() {
 }
 
 void ShardWriter::write(uint64_t offset, const void* data, uint64_t len) const {
+  if (!on_complete_) {
+    pwrite_all(fd_, data, len, offset, temp_);
+    return;
+  }
+  uint64_t end = 0;
+  if (offset < data_start_ || __builtin_add_overflow(offset, len, &end) || end > size_)
+    fail(ErrorKind::Internal, "{}: write of {} bytes at offset {} is outside the data region [{}, {})",
+         final_.string(), len, offset, data_start_, size_);
+  // One pwrite, then the hashes. Writing and hashing one 1 MiB block at a time, to hash while
+  // the bytes are still in cache, measured slower: 6.7% over no checksums against 3.7%.
   pwrite_all(fd_, data, len, offset, temp_);
+  hash_blocks(offset, static_cast<const uint8_t*>(data), len);
+  // Every block this write finished is hashed before it is counted, so the write that counts
+  // the last byte sees every hash (the counter's read-modify-writes form one release sequence).
+  const uint64_t total = written_.fetch_add(len, std::memory_order_acq_rel) + len;
+  if (total > size_ - data_start_)
+    fail(ErrorKind::Internal, "{}: {} data bytes written, the layout has {}", final_.string(), total,
+         size_ - data_start_);
+  if (total == size_ - data_start_ && len > 0) complete();
+}
+
+void ShardWriter::hash_blocks(uint64_t offset, const uint8_t* data, uint64_t len) const {
+  const uint64_t end = offset + len;
+  for (uint64_t k = offset / kChecksumBlock; k < blocks_ && k * kChecksumBlock < end; ++k) {
+    const uint64_t b0 = k * kChecksumBlock, b1 = std::min(size_, b0 + kChecksumBlock);
+    const uint64_t lo = std::max(offset, b0), hi = std::min(end, b1);
+    if (lo == b0 && hi == b1) {
+      put_block_hash(&block_hash_[k * 8], data + (b0 - offset), b1 - b0);
+      continue;
+    }
+    // A block shared with other writes: whichever writes its last bytes reads it back whole.
+    const auto part = static_cast<uint32_t>(hi - lo);
+    if (block_left_[k].fetch_sub(part, std::memory_order_acq_rel) != part) continue;
+    uint8_t* buf = block_buffer();
+    pread_all(fd_, buf, b1 - b0, b0, temp_);
+    put_block_hash(&block_hash_[k * 8], buf, b1 - b0);
+  }
+}
+
+void ShardWriter::complete() const {
+  if (::fsync(fd_) != 0) fail_io_errno(errno, fmt::format("{}: fsync", temp_.string()));
+  on_complete_(final_, size_, XXH3_64bits_dispatch(block_hash_.get(), blocks_ * 8));
 }
 
 void ShardWriter::commit() {
@@ -144,6 +277,31 @@ void ShardWriter::commit() {
   fd_ = -1;
   if (::rename(temp_.c_str(), final_.c_str()) != 0)
     fail_io_errno(errno, fmt::format("{}: rename to {}", temp_.string(), final_.string()));
+  committed_ = true;
+  fsync_dir(final_.parent_path());
+}
+
+FinishedShard::FinishedShard(fs::path final_path, bool under_temp_name)
+    : final_(std::move(final_path)), temp_(temp_path_for(final_)), under_temp_(under_temp_name) {
+  check_replaceable(final_);
+}
+
+FinishedShard::~FinishedShard() {
+  if (!committed_ && under_temp_) ::unlink(temp_.c_str());
+}
+
+void FinishedShard::write(uint64_t offset, const void*, uint64_t len) const {
+  fail(ErrorKind::Internal, "{}: {} bytes at offset {} routed to a shard that is already complete",
+       final_.string(), len, offset);
+}
+
+void FinishedShard::commit() {
+  if (under_temp_) {
+    if (::rename(temp_.c_str(), final_.c_str()) != 0)
+      fail_io_errno(errno, fmt::format("{}: rename to {}", temp_.string(), final_.string()));
+  } else if (::unlink(temp_.c_str()) != 0 && errno != ENOENT) {
+    fail_io_errno(errno, fmt::format("{}: cannot remove", temp_.string()));
+  }
   committed_ = true;
   fsync_dir(final_.parent_path());
 }

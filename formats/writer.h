@@ -4,10 +4,20 @@
 // `commit` fsyncs it and renames it into place: a failed or killed run leaves nothing under a
 // final name. The header is padded with spaces so the data starts at a multiple of 8 and carries
 // `"__metadata__": {"format": "pt"}`; tensors lie back to back in the order given.
+//
+// For resuming, a writer can also report when its shard is complete, with its checksum: the
+// XXH3-64 of the sequence of XXH3-64s (canonical, big-endian) of the file's consecutive 1 MiB
+// blocks. A list of block hashes rather than one hash of the file lets the writer hash each block
+// straight from the bytes being written, on whichever thread writes it, in any order; only the
+// blocks that several writes share are read back from the file. `shard_checksum` computes the
+// same value from a file.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -40,6 +50,13 @@ std::string shard_file_name(size_t index, size_t count);
 
 // Where shards are written before they are committed.
 std::filesystem::path temp_path_for(const std::filesystem::path& final_path);
+// True for the names temp_path_for gives.
+bool is_temp_name(const std::string& file_name);
+
+inline constexpr uint64_t kChecksumBlock = 1ull << 20;
+inline constexpr const char* kShardChecksumName = "xxh3-64 of 1 MiB block xxh3-64s";
+// The checksum of a whole file, as a completed ShardWriter reports it. Io error if unreadable.
+uint64_t shard_checksum(const std::filesystem::path& file);
 
 // Where a shard's bytes go: positional, thread-safe writes, then one commit.
 class ShardSink {
@@ -58,10 +75,17 @@ class NullSink final : public ShardSink {
 
 class ShardWriter final : public ShardSink {
  public:
+  // Called once, by the write that completes the shard (every data byte written exactly once;
+  // by the constructor for a shard without data), after the temporary file has been fsynced.
+  // What it throws, that write throws.
+  using OnComplete = std::function<void(const std::filesystem::path& final_path, uint64_t size, uint64_t checksum)>;
+
   // Creates the temporary file, reserves its full size (so a full disk fails here, not half-way)
   // and writes the header. Without `reserve` the file only gets its size: a sparse file whose
-  // unwritten tensors read as zeros (synthetic header-only checkpoints).
-  ShardWriter(const std::filesystem::path& dir, const ShardLayout& layout, bool reserve = true);
+  // unwritten tensors read as zeros (synthetic header-only checkpoints). With `on_complete`,
+  // writes must not overlap and must stay within the data region.
+  ShardWriter(const std::filesystem::path& dir, const ShardLayout& layout, bool reserve = true,
+              OnComplete on_complete = {});
   ~ShardWriter();  // removes the temporary file unless committed
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
@@ -73,10 +97,45 @@ class ShardWriter final : public ShardSink {
   const std::filesystem::path& final_path() const { return final_; }
 
  private:
+  // Hashes the blocks [offset, offset+len) touches: whole ones from `data`, shared ones from the
+  // file once their last byte is written.
+  void hash_blocks(uint64_t offset, const uint8_t* data, uint64_t len) const;
+  void complete() const;
+
   std::filesystem::path final_, temp_;
   int fd_ = -1;
   bool committed_ = false;
+  uint64_t size_ = 0, data_start_ = 0;
+  OnComplete on_complete_;
+  // Completion tracking, with on_complete only.
+  std::unique_ptr<std::atomic<uint32_t>[]> block_left_;  // bytes of each block not yet written
+  std::unique_ptr<uint8_t[]> block_hash_;                // 8 canonical bytes per block
+  uint64_t blocks_ = 0;
+  mutable std::atomic<uint64_t> written_{0};             // data bytes
 };
+
+// A shard that an interrupted run wrote completely and the caller verified (its size and
+// checksum match the record). It takes no writes; `commit` publishes it: renames the temporary
+// file, or — when it is already under its final name — only drops a stale temporary file.
+// Uncommitted, it removes its temporary file like a ShardWriter; a final-named one stays.
+class FinishedShard final : public ShardSink {
+ public:
+  FinishedShard(std::filesystem::path final_path, bool under_temp_name);
+  ~FinishedShard();
+  FinishedShard(const FinishedShard&) = delete;
+  FinishedShard& operator=(const FinishedShard&) = delete;
+
+  // Internal error: the plan must not route bytes to a finished shard.
+  void write(uint64_t offset, const void* data, uint64_t len) const override;
+  void commit() override;
+
+ private:
+  std::filesystem::path final_, temp_;
+  bool under_temp_, committed_ = false;
+};
+
+// fsync of a directory, so that renames in it are durable; best effort (some filesystems refuse).
+void fsync_dir(const std::filesystem::path& dir);
 
 // Writes `content` to `path` atomically (temporary file, fsync, rename).
 void write_file_atomic(const std::filesystem::path& path, const std::string& content);

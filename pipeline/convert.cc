@@ -1,14 +1,20 @@
 #include "pipeline/convert.h"
 
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/task_arena.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <optional>
+#include <unordered_set>
 
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "pipeline/manifest.h"
 #include "pipeline/progress.h"
 #include "transforms/kernels.h"
 
@@ -32,30 +38,57 @@ bool is_our_output(const fs::path& p) {
   return name == kIndexName || (name.starts_with("model") && p.extension() == ".safetensors");
 }
 
-// The output directory must be new or empty, unless --overwrite; it never is the input.
-void prepare_out_dir(const ConvertOptions& opt, const Checkpoint& ck) {
-  std::error_code ec;
-  if (fs::exists(opt.out, ec)) {
-    if (!fs::is_directory(opt.out)) fail_usage("--out {}: exists and is not a directory", opt.out.string());
-    if (fs::equivalent(opt.out, ck.dir(), ec))
-      fail_usage("--out {}: is the input directory; write the conversion elsewhere", opt.out.string());
-    if (!opt.overwrite && !fs::is_empty(opt.out))
-      fail_usage("--out {}: directory is not empty (use --overwrite to replace its checkpoint)",
-                 opt.out.string());
-  } else if (!fs::create_directories(opt.out, ec) || ec) {
-    fail(ErrorKind::Io, "--out {}: cannot create: {}", opt.out.string(), ec.message());
-  }
+// Only temporary files of ours (or nothing): what a run killed before its manifest existed leaves.
+bool holds_only_temp_files(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir))
+    if (!e.is_regular_file() || !is_temp_name(e.path().filename().string())) return false;
+  return true;
 }
 
-void check_free_space(const fs::path& dir, const Plan& plan) {
+// The output directory must be new or empty, unless --overwrite; it never is the input. With
+// --resume it may hold the manifest of an interrupted run, which is returned.
+std::optional<ManifestRecord> prepare_out_dir(const ConvertOptions& opt, const Checkpoint& ck) {
+  std::error_code ec;
+  if (!fs::exists(opt.out, ec)) {
+    if (!fs::create_directories(opt.out, ec) || ec)
+      fail(ErrorKind::Io, "--out {}: cannot create: {}", opt.out.string(), ec.message());
+    return std::nullopt;
+  }
+  if (!fs::is_directory(opt.out)) fail_usage("--out {}: exists and is not a directory", opt.out.string());
+  if (fs::equivalent(opt.out, ck.dir(), ec))
+    fail_usage("--out {}: is the input directory; write the conversion elsewhere", opt.out.string());
+  auto previous = read_manifest(opt.out);
+  if (opt.resume) {
+    if (previous) return previous;
+    if (opt.overwrite || holds_only_temp_files(opt.out)) return std::nullopt;
+    fail_usage("--out {}: nothing to resume (no {}) and the directory is not empty", opt.out.string(), kManifestName);
+  }
+  if (opt.overwrite || fs::is_empty(opt.out)) return std::nullopt;
+  if (previous)
+    fail_usage("--out {}: holds an interrupted conversion; finish it with --resume, or start over with --overwrite",
+               opt.out.string());
+  fail_usage("--out {}: directory is not empty (use --overwrite to replace its checkpoint)", opt.out.string());
+}
+
+// Before the first shard byte: the shards still to write must fit, each rounded up to whole
+// filesystem blocks, less what their stale temporary files (truncated when reopened) hold.
+// The small files (manifest, config, index, side files) are not counted.
+void check_free_space(const fs::path& dir, const std::vector<const ShardLayout*>& to_write,
+                      const std::vector<fs::path>& temps) {
   struct statvfs st{};
   if (statvfs(dir.c_str(), &st) != 0) return;  // unknown: the writer's fallocate still guards
-  uint64_t need = 0;
-  for (const auto& s : plan.shards) need += s.file_size;
+  const uint64_t block = st.f_frsize ? st.f_frsize : 1;
+  uint64_t need = 0, reclaimed = 0;
+  for (const ShardLayout* s : to_write) need += (s->file_size + block - 1) / block * block;
+  for (const auto& t : temps) {
+    struct stat ts{};
+    if (::lstat(t.c_str(), &ts) == 0 && S_ISREG(ts.st_mode)) reclaimed += static_cast<uint64_t>(ts.st_blocks) * 512;
+  }
+  need = need > reclaimed ? need - reclaimed : 0;
   const uint64_t avail = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
   if (need > avail)
-    fail(ErrorKind::Io, "{}: not enough free space: the output needs {} bytes, {} are available",
-         dir.string(), need, avail);
+    fail(ErrorKind::Io, "{}: not enough free space: the output needs {} bytes, {} are available", dir.string(), need,
+         avail);
 }
 
 // The quantization_config an FP8 export declares, as the hub releases of each scheme write it.
@@ -116,6 +149,7 @@ namespace {
 // `--ep-size N` without `--ep-rank`.
 struct Target {
   fs::path dir;
+  std::string rel;  // dir relative to --out, as the manifest names it: "" or "rank-0000"
   Plan plan;
 };
 
@@ -138,20 +172,29 @@ Plan merged(const std::vector<Target>& targets) {
   return all;
 }
 
-// Stages the side files, config and index of a target, removes what --overwrite replaces, and
-// returns what to publish after the shards.
+// Stages the side files, config and index of a target, removes what `replace` (--overwrite)
+// replaces, and returns what to publish after the shards.
 std::pair<std::vector<StagedFile>, std::optional<StagedFile>> stage(const Checkpoint& ck, const Target& t,
-                                                                     bool overwrite) {
+                                                                     bool replace) {
   std::vector<StagedFile> staged;
   for (const auto& f : ck.side_files()) staged.emplace_back(t.dir / f.filename(), read_file(f));
   const auto config = output_config(ck, t.plan);
   if (config) staged.emplace_back(t.dir / "config.json", *config);
   std::optional<StagedFile> index;
   if (t.plan.shards.size() > 1) index.emplace(t.dir / kIndexName, index_json(t.plan.shards));
-  if (overwrite)  // the previous checkpoint goes only now that ours is ready
-    for (const auto& e : fs::directory_iterator(t.dir))
-      if (e.is_regular_file() && (is_our_output(e.path()) || (!config && e.path().filename() == "config.json")))
-        fs::remove(e.path());
+  if (replace) {
+    // The previous checkpoint goes only now that ours is ready. Files of our shards' names are
+    // left for the renames to replace: a resumed run may already have published some of them.
+    std::unordered_set<std::string> ours;
+    for (const auto& s : t.plan.shards) ours.insert(s.file_name);
+    for (const auto& e : fs::directory_iterator(t.dir)) {
+      const auto name = e.path().filename().string();
+      const bool old = (is_our_output(e.path()) && !ours.contains(name)) || (!config && name == "config.json");
+      std::error_code ec;
+      if (e.is_regular_file() && old && !fs::remove(e.path(), ec) && ec)
+        fail(ErrorKind::Io, "{}: cannot remove: {}", e.path().string(), ec.message());
+    }
+  }
   return {std::move(staged), std::move(index)};
 }
 
@@ -170,12 +213,188 @@ void summarize(const Checkpoint& ck, const std::vector<Target>& targets, Clock::
   sum.isa = std::string(isa_name(kernels().isa));
 }
 
+ExecStats run_plan(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>>& writers,
+                   const ConvertOptions& opt) {
+  Progress progress("converting", plan.output_bytes, opt.progress);
+  ExecOptions eo;
+  eo.threads = opt.threads;
+  eo.memory_budget = opt.memory_budget;
+  eo.io = opt.io;
+  eo.progress = &progress.counter();
+  return execute(plan, writers, eo);
+}
+
+// A shard of the plan, numbered as the writers are: targets' shards in order.
+struct ShardRef {
+  const Target* target;
+  const ShardLayout* layout;
+  fs::path final_path() const { return target->dir / layout->file_name; }
+};
+
+std::vector<ShardRef> all_shards(const std::vector<Target>& targets) {
+  std::vector<ShardRef> out;
+  for (const auto& t : targets)
+    for (const auto& s : t.plan.shards) out.push_back({&t, &s});
+  return out;
+}
+
+// Where a resumed run finds a shard complete.
+enum class Found : uint8_t { No, UnderTemp, UnderFinal };
+
+bool intact(const fs::path& p, const ManifestShard& rec) {
+  struct stat st{};
+  if (::lstat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != rec.size)
+    return false;
+  try {
+    return shard_checksum(p) == rec.checksum;
+  } catch (const Error&) {  // unreadable: written again
+    return false;
+  }
+}
+
+// Which of the plan's shards the interrupted run completed and are intact: the recorded size and
+// checksum, under the temporary name or — if it died while publishing — the final one. Verified
+// in parallel: it reads every recorded byte. `kept` gets the records that held.
+std::vector<Found> verify_shards(const ManifestRecord& previous, const std::vector<ShardRef>& shards,
+                                 unsigned threads, std::vector<ManifestShard>& kept) {
+  std::map<std::pair<std::string, std::string>, size_t> by_name;
+  for (size_t i = 0; i < shards.size(); ++i) by_name[{shards[i].target->rel, shards[i].layout->file_name}] = i;
+  std::vector<std::pair<size_t, const ManifestShard*>> check;
+  std::vector<bool> listed(shards.size(), false);
+  for (const auto& rec : previous.shards) {
+    const auto it = by_name.find({rec.dir, rec.file});
+    if (it == by_name.end() || listed[it->second] || shards[it->second].layout->file_size != rec.size) continue;
+    listed[it->second] = true;
+    check.emplace_back(it->second, &rec);
+  }
+  std::vector<Found> found(shards.size(), Found::No);
+  oneapi::tbb::task_arena arena(threads ? static_cast<int>(threads) : oneapi::tbb::task_arena::automatic);
+  arena.execute([&] {
+    oneapi::tbb::parallel_for(size_t{0}, check.size(), [&](size_t i) {
+      const auto& [shard, rec] = check[i];
+      const fs::path final_path = shards[shard].final_path();
+      found[shard] = intact(temp_path_for(final_path), *rec) ? Found::UnderTemp
+                     : intact(final_path, *rec)               ? Found::UnderFinal
+                                                              : Found::No;
+    });
+  });
+  for (const auto& [shard, rec] : check)
+    if (found[shard] != Found::No) kept.push_back(*rec);
+  return found;
+}
+
+// Temporary files a fresh run will not reuse: an earlier attempt's, perhaps of another plan.
+void remove_temp_files(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file() && is_temp_name(e.path().filename().string()) && !fs::remove(e.path(), ec) && ec)
+      fail(ErrorKind::Io, "{}: cannot remove: {}", e.path().string(), ec.message());
+}
+
+// Directories this run created, removed again (when empty) if it fails.
+struct CreatedDirs {
+  std::vector<fs::path> dirs;
+  bool keep = false;
+  ~CreatedDirs() {
+    if (keep) return;
+    std::error_code ec;
+    for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) fs::remove(*it, ec);
+  }
+};
+
+void create_dir(const fs::path& dir, CreatedDirs& created) {
+  std::error_code ec;
+  if (fs::is_directory(dir, ec)) return;
+  if (!fs::create_directories(dir, ec) || ec) fail(ErrorKind::Io, "{}: cannot create: {}", dir.string(), ec.message());
+  created.dirs.push_back(dir);
+}
+
+// Writes the conversion into --out: checks, manifest, shards (skipping the complete ones of a
+// resumed run), then the publishing renames.
+void write_output(const ConvertOptions& opt, const Checkpoint& ck, const std::vector<Target>& targets,
+                  ConvertSummary& sum) {
+  CreatedDirs created;
+  {
+    std::error_code ec;
+    if (!fs::exists(opt.out, ec)) created.dirs.push_back(opt.out);
+  }
+  const auto previous = prepare_out_dir(opt, ck);
+  auto identity = conversion_identity(ck, opt.plan);
+  if (previous)
+    if (const auto diff = identity_difference(previous->identity, identity))
+      fail_usage("--resume {}: {}; resume with the interrupted run's options and inputs, or start over with "
+                 "--overwrite",
+                 opt.out.string(), *diff);
+  const bool replace = opt.overwrite || (previous && previous->replaces_existing);
+  const auto shards = all_shards(targets);
+  ManifestRecord record{std::move(identity), replace, {}};
+  std::vector<Found> found(shards.size(), Found::No);
+  if (previous) {
+    found = verify_shards(*previous, shards, opt.threads, record.shards);
+  } else {
+    remove_temp_files(opt.out);
+    for (const auto& t : targets) remove_temp_files(t.dir);
+  }
+  std::vector<const ShardLayout*> to_write;
+  std::vector<fs::path> stale;
+  for (size_t i = 0; i < shards.size(); ++i)
+    if (found[i] == Found::No) {
+      to_write.push_back(shards[i].layout);
+      stale.push_back(temp_path_for(shards[i].final_path()));
+    }
+  check_free_space(opt.out, to_write, stale);
+
+  // From here on the output directory holds a manifest; a failure removes it again, with every
+  // temporary file, so that only a killed run leaves something to resume.
+  ManifestFile manifest(opt.out, std::move(record));
+  std::vector<std::unique_ptr<ShardSink>> writers;
+  for (const auto& t : targets) create_dir(t.dir, created);
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const auto& ref = shards[i];
+    if (found[i] != Found::No) {
+      writers.push_back(std::make_unique<FinishedShard>(ref.final_path(), found[i] == Found::UnderTemp));
+      ++sum.reused_shards;
+      continue;
+    }
+    auto done = [&manifest, rel = ref.target->rel](const fs::path& p, uint64_t size, uint64_t checksum) {
+      manifest.add({rel, p.filename().string(), size, checksum});
+    };
+    writers.push_back(std::make_unique<ShardWriter>(ref.target->dir, *ref.layout, true, std::move(done)));
+  }
+  Plan all = merged(targets);
+  // A complete shard's tensors keep their places — FP8 export's `scale_of` indices point at them,
+  // and a scale in a shard still to write is computed from its weight — but have nothing left to
+  // write: the executor makes no items for a tensor of 0 bytes.
+  for (auto& p : all.tensors)
+    if (found[p.shard] != Found::No) {
+      all.output_bytes -= p.nbytes;
+      p.nbytes = 0;
+    }
+
+  const auto t1 = Clock::now();
+  sum.exec = run_plan(all, writers, opt);
+  // Everything else is staged before the first shard is published, so that what can fail has
+  // failed while nothing is under a final name; each index, published last, marks completion.
+  std::vector<std::pair<std::vector<StagedFile>, std::optional<StagedFile>>> staged;
+  for (const auto& t : targets) staged.push_back(stage(ck, t, replace));
+  for (auto& w : writers) w->commit();
+  for (auto& [files, index] : staged) {
+    for (auto& f : files) f.commit();
+    if (index) index->commit();
+  }
+  manifest.remove();
+  created.keep = true;
+  sum.execute_s = since(t1);
+}
+
 }  // namespace
 
 ConvertSummary convert(const ConvertOptions& opt) {
   const auto t0 = Clock::now();
   if (opt.memory_budget < kMinMemoryBudget)
     fail_usage("--memory-budget must be at least {} bytes", kMinMemoryBudget);
+  if (opt.resume && opt.null_sink) fail_usage("--resume needs --sink file: a null sink leaves nothing to resume");
   ConvertSummary sum;
   const Checkpoint ck = Checkpoint::open(opt.in);
   std::vector<Target> targets;
@@ -183,10 +402,11 @@ ConvertSummary convert(const ConvertOptions& opt) {
     for (uint32_t r = 0; r < opt.plan.ep_size; ++r) {
       PlanOptions po = opt.plan;
       po.ep_rank = r;
-      targets.push_back({opt.out / fmt::format("rank-{:04d}", r), make_plan(ck, po)});
+      const std::string rel = fmt::format("rank-{:04d}", r);
+      targets.push_back({opt.out / rel, rel, make_plan(ck, po)});
     }
   } else {
-    targets.push_back({opt.out, make_plan(ck, opt.plan)});
+    targets.push_back({opt.out, "", make_plan(ck, opt.plan)});
   }
   sum.plan_s = since(t0);
   if (opt.dry_run) {
@@ -194,44 +414,16 @@ ConvertSummary convert(const ConvertOptions& opt) {
     return sum;
   }
 
-  std::vector<std::unique_ptr<ShardSink>> writers;
   if (opt.null_sink) {
+    std::vector<std::unique_ptr<ShardSink>> writers;
     for (const auto& t : targets)
       for (size_t i = 0; i < t.plan.shards.size(); ++i) writers.push_back(std::make_unique<NullSink>());
+    const auto t1 = Clock::now();
+    sum.exec = run_plan(merged(targets), writers, opt);
+    sum.execute_s = since(t1);
   } else {
-    prepare_out_dir(opt, ck);
-    for (const auto& t : targets) {
-      std::error_code ec;
-      fs::create_directories(t.dir, ec);
-      if (ec) fail(ErrorKind::Io, "{}: cannot create: {}", t.dir.string(), ec.message());
-      check_free_space(t.dir, t.plan);
-      for (const auto& s : t.plan.shards) writers.push_back(std::make_unique<ShardWriter>(t.dir, s));
-    }
+    write_output(opt, ck, targets, sum);
   }
-  const Plan all = merged(targets);
-
-  const auto t1 = Clock::now();
-  {
-    Progress progress("converting", all.output_bytes, opt.progress);
-    ExecOptions eo;
-    eo.threads = opt.threads;
-    eo.memory_budget = opt.memory_budget;
-    eo.io = opt.io;
-    eo.progress = &progress.counter();
-    sum.exec = execute(all, writers, eo);
-  }
-  // Everything else is staged before the first shard is published, so that what can fail has
-  // failed while nothing is under a final name; each index, published last, marks completion.
-  std::vector<std::pair<std::vector<StagedFile>, std::optional<StagedFile>>> staged;
-  if (!opt.null_sink)
-    for (const auto& t : targets) staged.push_back(stage(ck, t, opt.overwrite));
-  for (auto& w : writers) w->commit();
-  for (auto& [files, index] : staged) {
-    for (auto& f : files) f.commit();
-    if (index) index->commit();
-  }
-  sum.execute_s = since(t1);
-
   summarize(ck, targets, t0, sum);
   return sum;
 }

@@ -2,7 +2,12 @@
 // directory and free space, stream the tensors through the executor into temporary shards,
 // commit them, then write config.json (quantization_config removed and torch_dtype set when
 // weights were dequantized), the side files and finally the index. A failure at any point leaves
-// no file under a final name that was not there before.
+// no file under a final name that was not there before, and none of the run's temporary files.
+//
+// A run that is killed instead leaves its resume manifest (pipeline/manifest.h) and its complete
+// shards under their temporary names; `resume` verifies those shards, writes only the others and
+// publishes the whole. Without `resume`, an output directory holding a manifest is refused
+// unless `overwrite` starts over.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +27,7 @@ struct ConvertOptions {
   uint64_t memory_budget = 1ull << 30;
   IoMode io = IoMode::Mmap;
   bool overwrite = false;
+  bool resume = false;    // finish the interrupted conversion in `out` (see above)
   bool progress = false;  // draw a progress line on stderr
   bool dry_run = false;   // stop after planning: nothing is created or written
   bool null_sink = false; // convert fully but discard the output (benchmarks at any size)
@@ -31,6 +37,7 @@ struct ConvertSummary {
   uint64_t input_tensors = 0, output_tensors = 0, dequantized = 0, dropped = 0;
   uint64_t input_bytes = 0, output_bytes = 0;
   size_t shards = 0;
+  size_t reused_shards = 0;  // complete shards a resumed run verified and kept
   double plan_s = 0, execute_s = 0, total_s = 0;
   uint64_t peak_rss_bytes = 0;
   ExecStats exec;

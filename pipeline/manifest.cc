@@ -1,0 +1,223 @@
+#include "pipeline/manifest.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <cerrno>
+#include <charconv>
+#include <fstream>
+
+#include "formats/error.h"
+#include "formats/writer.h"
+
+namespace ckpt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kVersion = 1;
+
+std::string hex(uint64_t v) { return fmt::format("{:016x}", v); }
+
+std::string_view direction_name(Direction d) {
+  switch (d) {
+    case Direction::Dequant: return "dequant";
+    case Direction::Native: return "native";
+    case Direction::Hf: return "hf";
+  }
+  return "?";
+}
+
+std::string_view out_type_name(OutType t) {
+  switch (t) {
+    case OutType::BF16: return "bf16";
+    case OutType::F16: return "f16";
+    case OutType::F32: return "f32";
+  }
+  return "?";
+}
+
+std::string_view mtp_name(MtpMode m) {
+  switch (m) {
+    case MtpMode::Auto: return "auto";
+    case MtpMode::On: return "on";
+    case MtpMode::Off: return "off";
+  }
+  return "?";
+}
+
+std::string_view quantize_name(QuantizeMode q) {
+  switch (q) {
+    case QuantizeMode::None: return "none";
+    case QuantizeMode::Placeholder: return "placeholder";
+    case QuantizeMode::Real: return "real";
+  }
+  return "?";
+}
+
+struct stat stat_of(const fs::path& p) {
+  struct stat st{};
+  if (::stat(p.c_str(), &st) != 0) fail_io_errno(errno, p.string() + ": cannot stat");
+  return st;
+}
+
+uint64_t mtime_ns(const struct stat& st) {
+  return static_cast<uint64_t>(st.st_mtim.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(st.st_mtim.tv_nsec);
+}
+
+std::string read_whole(const fs::path& f) {
+  std::ifstream in(f, std::ios::binary);
+  if (!in) fail(ErrorKind::Io, "{}: cannot read", f.string());
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// A JSON value as an option value reads on the command line: strings unquoted, null as "unset".
+std::string shown(const nlohmann::ordered_json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_null()) return "unset";
+  return v.dump();
+}
+
+// Names the manifest and why it cannot be used, in one line.
+template <typename... Args>
+[[noreturn]] void bad_manifest(const fs::path& path, fmt::format_string<Args...> f, Args&&... args) {
+  fail_input("{}: not a resume manifest of this ckptconv ({}); start over with --overwrite", path.string(),
+             fmt::format(f, std::forward<Args>(args)...));
+}
+
+uint64_t parse_hex(const fs::path& path, const nlohmann::json& v) {
+  uint64_t out = 0;
+  const std::string s = v.is_string() ? v.get<std::string>() : std::string();
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out, 16);
+  if (s.size() != 16 || ec != std::errc() || end != s.data() + s.size())
+    bad_manifest(path, "'{}' is not 16 hex digits", v.dump());
+  return out;
+}
+
+}  // namespace
+
+nlohmann::ordered_json conversion_identity(const Checkpoint& ck, const PlanOptions& o) {
+  nlohmann::ordered_json params = {
+      {"--to", direction_name(o.direction)},
+      {"--dtype", out_type_name(o.dtype)},
+      {"--family", o.family},
+      {"--mtp", mtp_name(o.mtp)},
+      {"--ep-size", o.ep_size},
+      {"--ep-rank", o.ep_rank ? nlohmann::ordered_json(*o.ep_rank) : nlohmann::ordered_json(nullptr)},
+      {"--quantize", quantize_name(o.quantize)},
+      {"--max-shard-size", o.max_shard_size},
+  };
+  nlohmann::ordered_json inputs = nlohmann::ordered_json::array();
+  for (const auto& f : ck.files()) {
+    const auto st = stat_of(f->path());
+    const uint64_t header_len = f->header().data_start;
+    if (header_len > f->map().size())
+      fail(ErrorKind::Internal, "{}: header of {} bytes is past the end of the map", f->path().string(), header_len);
+    inputs.push_back({{"file", f->path().filename().string()},
+                      {"size", static_cast<uint64_t>(st.st_size)},
+                      {"mtime_ns", mtime_ns(st)},
+                      {"header_xxh3", hex(XXH3_64bits(f->map().data(), header_len))}});
+  }
+  // The plan also depends on config.json (family, layer count, expert sizes); it is small.
+  const fs::path config = ck.dir() / "config.json";
+  if (ck.config()) {
+    const auto st = stat_of(config);
+    const std::string text = read_whole(config);
+    inputs.push_back({{"file", "config.json"},
+                      {"size", static_cast<uint64_t>(st.st_size)},
+                      {"mtime_ns", mtime_ns(st)},
+                      {"xxh3", hex(XXH3_64bits(text.data(), text.size()))}});
+  }
+  return {{"parameters", std::move(params)}, {"inputs", std::move(inputs)}};
+}
+
+std::optional<std::string> identity_difference(const nlohmann::ordered_json& then, const nlohmann::ordered_json& now) {
+  const auto& tp = then["parameters"];
+  for (const auto& [key, value] : now["parameters"].items()) {
+    const auto old = tp.contains(key) ? tp[key] : nlohmann::ordered_json(nullptr);
+    if (old != value) return fmt::format("{} was {} in the interrupted run, now {}", key, shown(old), shown(value));
+  }
+  const auto& ti = then["inputs"];
+  const auto& ni = now["inputs"];
+  for (size_t i = 0; i < std::max(ti.size(), ni.size()); ++i) {
+    if (i >= ti.size()) return fmt::format("input file {} is new", ni[i]["file"].get<std::string>());
+    if (i >= ni.size()) return fmt::format("input file {} is gone", ti[i]["file"].get<std::string>());
+    const auto& a = ti[i];
+    const auto& b = ni[i];
+    const std::string name = b["file"].get<std::string>();
+    if (a["file"] != b["file"])
+      return fmt::format("input file {} is now {}", a["file"].get<std::string>(), name);
+    for (const char* key : {"size", "mtime_ns", "header_xxh3", "xxh3"})
+      if (a.contains(key) != b.contains(key) || (b.contains(key) && a[key] != b[key]))
+        return fmt::format("input file {} changed since the interrupted run ({} {} then, {} now)", name, key,
+                           a.contains(key) ? shown(a[key]) : "none", b.contains(key) ? shown(b[key]) : "none");
+  }
+  return std::nullopt;
+}
+
+std::optional<ManifestRecord> read_manifest(const fs::path& out_dir) {
+  const fs::path path = out_dir / kManifestName;
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(path, ec))) return std::nullopt;
+  nlohmann::ordered_json j;
+  try {
+    j = nlohmann::ordered_json::parse(read_whole(path));
+  } catch (const nlohmann::json::exception& e) {
+    bad_manifest(path, "{}", e.what());
+  }
+  if (!j.is_object() || !j.contains("ckptconv_manifest") || j["ckptconv_manifest"] != kVersion)
+    bad_manifest(path, "no \"ckptconv_manifest\": {}", kVersion);
+  ManifestRecord r;
+  try {
+    if (j.at("checksum") != kShardChecksumName) bad_manifest(path, "shard checksums are not {}", kShardChecksumName);
+    if (!j.at("parameters").is_object() || !j.at("inputs").is_array()) bad_manifest(path, "malformed identity");
+    r.identity = {{"parameters", j["parameters"]}, {"inputs", j["inputs"]}};
+    for (const auto& in : r.identity["inputs"])
+      if (!in.is_object() || !in.contains("file") || !in["file"].is_string()) bad_manifest(path, "malformed input");
+    r.replaces_existing = j.at("replaces_existing").get<bool>();
+    for (const auto& s : j.at("shards"))
+      r.shards.push_back({s.at("dir").get<std::string>(), s.at("file").get<std::string>(),
+                          s.at("size").get<uint64_t>(), parse_hex(path, s.at("checksum"))});
+  } catch (const nlohmann::json::exception& e) {
+    bad_manifest(path, "{}", e.what());
+  }
+  return r;
+}
+
+ManifestFile::ManifestFile(const fs::path& out_dir, ManifestRecord record)
+    : path_(out_dir / kManifestName), record_(std::move(record)) {
+  save();
+}
+
+void ManifestFile::add(ManifestShard shard) {
+  std::lock_guard lock(mu_);
+  record_.shards.push_back(std::move(shard));
+  save();
+}
+
+void ManifestFile::save() {
+  nlohmann::ordered_json shards = nlohmann::ordered_json::array();
+  for (const auto& s : record_.shards)
+    shards.push_back({{"dir", s.dir}, {"file", s.file}, {"size", s.size}, {"checksum", hex(s.checksum)}});
+  const nlohmann::ordered_json j = {{"ckptconv_manifest", kVersion},
+                                    {"checksum", kShardChecksumName},
+                                    {"parameters", record_.identity["parameters"]},
+                                    {"inputs", record_.identity["inputs"]},
+                                    {"replaces_existing", record_.replaces_existing},
+                                    {"shards", std::move(shards)}};
+  write_file_atomic(path_, j.dump(1) + "\n");
+}
+
+ManifestFile::~ManifestFile() {
+  if (!removed_) ::unlink(path_.c_str());
+}
+
+void ManifestFile::remove() {
+  if (::unlink(path_.c_str()) != 0 && errno != ENOENT) fail_io_errno(errno, path_.string() + ": cannot remove");
+  removed_ = true;
+  fsync_dir(path_.parent_path());
+}
+
+}  // namespace ckpt

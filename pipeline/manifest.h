@@ -1,0 +1,80 @@
+// The record that lets `convert --resume` finish an interrupted conversion. It lives in the output
+// directory as `.ckptconv-manifest.json`, is written (temporary file, fsync, rename) before the
+// first shard byte, rewritten the same way each time a shard is complete, and removed once the
+// conversion is published. It holds what determines the output bytes — the plan's parameters and
+// the identity of every input file (name, size, mtime and an XXH3-64 of its safetensors header;
+// config.json hashed whole) — and, per complete shard, its directory, name, size and checksum
+// (formats/writer.h's shard_checksum). Tensor data is not hashed: that would mean reading hundreds
+// of GB again. A resume refuses any difference in parameters or inputs and trusts a recorded shard
+// only while its file still has the recorded size and checksum.
+//
+//   {"ckptconv_manifest": 1, "checksum": "...", "parameters": {"--to": "native", ...},
+//    "inputs": [{"file": "model-00001-of-00002.safetensors", "size": N, "mtime_ns": T,
+//                "header_xxh3": "16 hex digits"}, ..., {"file": "config.json", ..., "xxh3": "..."}],
+//    "replaces_existing": false,
+//    "shards": [{"dir": "" or "rank-0000", "file": "model-00001-of-00009.safetensors", "size": N,
+//                "checksum": "16 hex digits"}, ...]}
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "formats/checkpoint.h"
+#include "pipeline/plan.h"
+
+namespace ckpt {
+
+inline constexpr const char* kManifestName = ".ckptconv-manifest.json";
+
+struct ManifestShard {
+  std::string dir;   // relative to the output directory: "" or "rank-0000"
+  std::string file;  // the shard's final name
+  uint64_t size = 0, checksum = 0;
+};
+
+struct ManifestRecord {
+  nlohmann::ordered_json identity;  // {"parameters": ..., "inputs": ...}: conversion_identity()
+  bool replaces_existing = false;   // the run was started with --overwrite
+  std::vector<ManifestShard> shards;
+};
+
+// The parameters and input identity of converting `ck` with `options`.
+nlohmann::ordered_json conversion_identity(const Checkpoint& ck, const PlanOptions& options);
+
+// The first difference between a recorded identity and the current one, as a phrase naming the
+// option or input file ("--max-shard-size was 1000000, now 2000000"), or nothing when they match.
+std::optional<std::string> identity_difference(const nlohmann::ordered_json& then, const nlohmann::ordered_json& now);
+
+// The manifest in `out_dir`, or nothing when there is none. A file that is not a manifest of this
+// version is an InvalidInput error.
+std::optional<ManifestRecord> read_manifest(const std::filesystem::path& out_dir);
+
+// The manifest of a running conversion: written when constructed, rewritten atomically by every
+// `add` (thread-safe: shards complete on the executor's threads), deleted by `remove` once the
+// output is published — or by the destructor, when a failure unwinds the run (a failed run
+// leaves nothing to resume; only a killed one does).
+class ManifestFile {
+ public:
+  ManifestFile(const std::filesystem::path& out_dir, ManifestRecord record);
+  ~ManifestFile();
+  ManifestFile(const ManifestFile&) = delete;
+  ManifestFile& operator=(const ManifestFile&) = delete;
+
+  void add(ManifestShard shard);
+  void remove();  // Io error if the file cannot be deleted
+
+ private:
+  void save();
+  std::filesystem::path path_;
+  std::mutex mu_;
+  ManifestRecord record_;
+  bool removed_ = false;
+};
+
+}  // namespace ckpt
