@@ -7,6 +7,10 @@
 // ragged edges. Every ISA variant produces the same bits as the scalar one (tested over all 256
 // codes); `kernels()` picks the widest the CPU supports, or the one named by the environment
 // variable CKPT_ISA (scalar | avx2 | avx512) when that is supported.
+// BF16 and F16 outputs (F16 only on scalar) are looked up, not computed, once a thread has met a
+// scale twice: it keeps a table of the 256 finished outputs per scale value, built by the
+// arithmetic path itself, so results do not depend on which path ran. A thread holds up to 512
+// tables (about 300 KB) per format and output type it converts, for as long as it lives.
 #pragma once
 
 #include <cstddef>

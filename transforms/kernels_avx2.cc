@@ -1,6 +1,19 @@
-// AVX2 variants (+ FMA, F16C): 8 elements per vector; the last < 8 elements are staged through a
-// small zero-padded buffer so that the tail runs the same vector code. Decoding as in
-// kernels_avx512.cc.
+// AVX2 variants (+ FMA, F16C): the last elements of a span are staged through a small
+// zero-padded buffer so that the tail runs the same vector code.
+// Arithmetic path, 8 elements per vector: decoding as in kernels_avx512.cc.
+// Table path (16-bit outputs), 32 elements per vector: AVX2 has no 256-entry lookup (vpshufb
+// picks among 16 bytes), so a scale's 256 outputs are fitted to a model that needs a few 16-entry
+// ones. A code is sign | e | m; while a product stays a normal number of the output type,
+// doubling it adds 1 to the output's exponent field, so
+//     out = (base[m] + (e << mant_bits)) ^ (sign << 15)
+// and base[m] is 8 (e4m3) or 4 (e5m2) values. Codes where that does not hold get a table of their
+// own, indexed by the low 4 bits of the magnitude: the lowest classes of 16 magnitudes (the fp8
+// subnormals, and F16 outputs that are subnormal under small scales) and the top exponent
+// (e4m3's NaN, e5m2's inf and NaN, whose sign need not follow the code's: bf16 NaN is 0x7FC0
+// either way), indexed with the sign. The model is checked against all 256 outputs when the
+// table is built; when it does not reproduce them (F16 outputs under scales below about 6e-5,
+// F16 overflow, a zero or non-finite scale), the table is declined and that scale's spans stay
+// on the arithmetic path.
 #include <immintrin.h>
 
 #include "transforms/kernels.h"
@@ -12,18 +25,21 @@ namespace {
 
 template <Fp8 F>
 inline __m256 decode8(const uint8_t* p) {
+  constexpr int kM = F == Fp8::E4M3 ? 3 : 2, kBias = F == Fp8::E4M3 ? 7 : 15;
   const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   const __m256i mag = _mm256_and_si256(v, _mm256_set1_epi32(0x7F));
   const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
-  __m256 f;
+  // Subnormal codes as in kernels_avx512.cc: decoded with exponent 1, its implicit 1 taken off.
+  const __m256i sub = _mm256_cmpgt_epi32(_mm256_set1_epi32(1 << kM), mag);
+  const __m256i field = _mm256_or_si256(mag, _mm256_and_si256(sub, _mm256_set1_epi32(1 << kM)));
+  __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(field, 23 - kM)),
+                           _mm256_castsi256_ps(_mm256_set1_epi32((127 + 127 - kBias) << 23)));
+  const __m256 min_normal = _mm256_castsi256_ps(_mm256_set1_epi32((127 + 1 - kBias) << 23));
+  f = _mm256_sub_ps(f, _mm256_and_ps(_mm256_castsi256_ps(sub), min_normal));
   if constexpr (F == Fp8::E4M3) {
-    f = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(mag, 20)),
-                      _mm256_castsi256_ps(_mm256_set1_epi32((127 + 120) << 23)));
     const __m256i nan = _mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F));
     f = _mm256_blendv_ps(f, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), _mm256_castsi256_ps(nan));
   } else {
-    f = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(mag, 21)),
-                      _mm256_castsi256_ps(_mm256_set1_epi32((127 + 112) << 23)));
     const __m256i inf = _mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7C));
     const __m256i nan = _mm256_cmpgt_epi32(mag, _mm256_set1_epi32(0x7C));
     f = _mm256_blendv_ps(f, _mm256_castsi256_ps(_mm256_set1_epi32(0x7F800000)), _mm256_castsi256_ps(inf));
@@ -74,12 +90,115 @@ struct Span {
   }
 };
 
+// kMant: mantissa bits of the output (7 bf16, 10 f16); kLow: classes of 16 magnitudes looked up
+// directly. Fixed per output type, not chosen per scale: spans of MXFP8 rows change scale every
+// 32 elements, and a per-span choice among code paths mispredicts at about that rate. BF16 needs
+// only the fp8 subnormals (1 class) for any scale from 2^-100 to 2^100; 4 classes keep F16's
+// subnormal products in the model down to scales of about 6e-5. Loading F16's 12 planes (more
+// than the registers left free) costs more than converting a 32-element MXFP8 span
+// arithmetically, so F16 tables serve spans of 64 and more.
+template <Fp8 F, int kMant, int kLow>
+struct Lookup {
+  struct Table {
+    // 16-entry byte planes (low, high byte of a 16-bit base): [0] base[m], [1] the top exponent
+    // by (sign << 3 | mag & 7), [2 + j] the magnitudes 16j .. 16j + 15.
+    alignas(16) uint8_t lo[2 + kLow][16], hi[2 + kLow][16];
+  };
+  static constexpr size_t kMinSpan = kLow > 1 ? 64 : 1;
+  static constexpr int kM = F == Fp8::E4M3 ? 3 : 2;           // fp8 mantissa bits
+  static constexpr int kTop = F == Fp8::E4M3 ? 0x78 : 0x7C;   // first magnitude of the top exponent
+  static constexpr uint16_t kExpMask = static_cast<uint16_t>(((1u << (7 - kM)) - 1) << kMant);
+
+  static uint16_t exp_part(int mag) { return static_cast<uint16_t>((mag >> kM) << kMant); }
+
+  // Fills t's planes; false (the table is declined, the arithmetic path stays) when the model
+  // does not reproduce every one of the 256 outputs.
+  static bool build(Table& t, const uint16_t* x) {
+    uint16_t base[2 + kLow][16] = {};
+    bool seen[8] = {};
+    for (int mag = 0; mag < 128; ++mag) {
+      if (mag >= kTop) {
+        for (int s = 0; s < 2; ++s)
+          base[1][s << 3 | (mag & 7)] = static_cast<uint16_t>((x[s << 7 | mag] ^ (s << 15)) - exp_part(mag));
+      } else if ((mag >> 4) < kLow) {
+        base[2 + (mag >> 4)][mag & 15] = static_cast<uint16_t>(x[mag] - exp_part(mag));
+      } else if (!seen[mag & ((1 << kM) - 1)]) {
+        seen[mag & ((1 << kM) - 1)] = true;
+        base[0][mag & ((1 << kM) - 1)] = static_cast<uint16_t>(x[mag] - exp_part(mag));
+      }
+    }
+    for (int c = 0; c < 256; ++c) {
+      const int s = c >> 7, mag = c & 0x7F;
+      const uint16_t b = mag >= kTop ? base[1][s << 3 | (mag & 7)]
+                         : (mag >> 4) < kLow ? base[2 + (mag >> 4)][mag & 15]
+                                             : base[0][mag & ((1 << kM) - 1)];
+      if (static_cast<uint16_t>((b + exp_part(mag)) ^ (s << 15)) != x[c]) return false;
+    }
+    for (int k = 0; k < 2 + kLow; ++k)
+      for (int i = 0; i < 16; ++i) {
+        t.lo[k][i] = static_cast<uint8_t>(base[k][i]);
+        t.hi[k][i] = static_cast<uint8_t>(base[k][i] >> 8);
+      }
+    return true;
+  }
+
+  __attribute__((always_inline)) static void run(const uint8_t* s, size_t n, const Table& t, uint16_t* d) {
+    const auto plane = [](const uint8_t* p) {
+      return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(p)));
+    };
+    __m256i lo[2 + kLow], hi[2 + kLow];
+    for (int k = 0; k < 2 + kLow; ++k) {
+      lo[k] = plane(t.lo[k]);
+      hi[k] = plane(t.hi[k]);
+    }
+    const __m256i zero = _mm256_setzero_si256();
+    // 32 codes; the qword shuffle makes the in-lane byte unpacks below come out in order.
+    const auto convert32 = [&](__m256i raw, uint16_t* out) {
+      const __m256i c = _mm256_permute4x64_epi64(raw, 0xD8);
+      const __m256i mag = _mm256_and_si256(c, _mm256_set1_epi8(0x7F));
+      const __m256i nib = _mm256_and_si256(_mm256_srli_epi16(c, 4), _mm256_set1_epi8(0x0F));  // sign<<3 | class
+      const __m256i m = _mm256_and_si256(c, _mm256_set1_epi8((1 << kM) - 1));
+      __m256i bl = _mm256_shuffle_epi8(lo[0], m), bh = _mm256_shuffle_epi8(hi[0], m);
+      const __m256i cls = _mm256_and_si256(nib, _mm256_set1_epi8(7));
+      for (int j = 0; j < kLow; ++j) {
+        const __m256i sel = _mm256_cmpeq_epi8(cls, _mm256_set1_epi8(static_cast<char>(j)));
+        bl = _mm256_blendv_epi8(bl, _mm256_shuffle_epi8(lo[2 + j], mag), sel);
+        bh = _mm256_blendv_epi8(bh, _mm256_shuffle_epi8(hi[2 + j], mag), sel);
+      }
+      const __m256i top = _mm256_cmpgt_epi8(mag, _mm256_set1_epi8(kTop - 1));
+      const __m256i ti = _mm256_or_si256(_mm256_and_si256(c, _mm256_set1_epi8(7)),
+                                         _mm256_and_si256(nib, _mm256_set1_epi8(8)));
+      bl = _mm256_blendv_epi8(bl, _mm256_shuffle_epi8(lo[1], ti), top);
+      bh = _mm256_blendv_epi8(bh, _mm256_shuffle_epi8(hi[1], ti), top);
+      const __m256i sign = _mm256_and_si256(c, _mm256_set1_epi8(static_cast<char>(0x80)));
+      const __m256i halves[2][3] = {
+          {_mm256_unpacklo_epi8(bl, bh), _mm256_unpacklo_epi8(c, zero), _mm256_unpacklo_epi8(zero, sign)},
+          {_mm256_unpackhi_epi8(bl, bh), _mm256_unpackhi_epi8(c, zero), _mm256_unpackhi_epi8(zero, sign)}};
+      for (int h = 0; h < 2; ++h) {
+        const __m256i e = _mm256_and_si256(_mm256_slli_epi16(halves[h][1], kMant - kM),
+                                           _mm256_set1_epi16(static_cast<short>(kExpMask)));
+        const __m256i r = _mm256_xor_si256(_mm256_add_epi16(halves[h][0], e), halves[h][2]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 * h), r);
+      }
+    };
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) convert32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)), d + i);
+    if (i < n) {
+      uint8_t in[32] = {};
+      uint16_t out[32];
+      __builtin_memcpy(in, s + i, n - i);
+      convert32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in)), out);
+      __builtin_memcpy(d + i, out, (n - i) * sizeof(uint16_t));
+    }
+  }
+};
+
 const KernelTable kTable{
     Isa::Avx2,
-    {{dequant_row<Span<Fp8::E4M3, ToBf16>, uint16_t>, dequant_row<Span<Fp8::E4M3, ToF16>, uint16_t>,
-      dequant_row<Span<Fp8::E4M3, ToF32>, float>},
-     {dequant_row<Span<Fp8::E5M2, ToBf16>, uint16_t>, dequant_row<Span<Fp8::E5M2, ToF16>, uint16_t>,
-      dequant_row<Span<Fp8::E5M2, ToF32>, float>}}};
+    {{dequant_row_tables<Span<Fp8::E4M3, ToBf16>, Lookup<Fp8::E4M3, 7, 1>>,
+      dequant_row_tables<Span<Fp8::E4M3, ToF16>, Lookup<Fp8::E4M3, 10, 4>>, dequant_row<Span<Fp8::E4M3, ToF32>, float>},
+     {dequant_row_tables<Span<Fp8::E5M2, ToBf16>, Lookup<Fp8::E5M2, 7, 1>>,
+      dequant_row_tables<Span<Fp8::E5M2, ToF16>, Lookup<Fp8::E5M2, 10, 4>>, dequant_row<Span<Fp8::E5M2, ToF32>, float>}}};
 
 }  // namespace
 

@@ -1,14 +1,20 @@
-// Private to transforms/: the row-segment loop shared by every ISA variant. Each variant
-// supplies `Span::run(src, n, scale, dst)`, which converts n elements under one scale; this
-// walks the scale blocks of a segment that may start mid-block (`phase`).
+// Private to transforms/: the row-segment loops shared by every ISA variant. Each variant
+// supplies `Span::run(src, n, scale, dst)`, which converts n elements under one scale
+// arithmetically; for 16-bit outputs it also supplies a `Lookup` that converts them from a table
+// of the 256 finished outputs under that scale. These walk the scale blocks of a segment that may
+// start mid-block (`phase`).
 //
 // Code included here is compiled once per instruction set, so it must not call inline functions
 // shared with baseline translation units (std::min included): the linker keeps one copy of such a
-// function, possibly an AVX-512 one, which would then run on CPUs without AVX-512.
+// function, possibly an AVX-512 one, which would then run on CPUs without AVX-512. Everything
+// below is a template instantiated on a variant's own (translation-unit-local) types.
 #pragma once
+
+#include <emmintrin.h>  // SSE2, baseline on x86-64
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace ckpt::detail {
 
@@ -20,6 +26,101 @@ void dequant_row(const uint8_t* src, size_t n, const float* scales, size_t block
   size_t len = n < block - phase ? n : block - phase;
   for (size_t b = 0; j < n; ++b) {
     Span::run(src + j, len, scales[b], dst + j);
+    j += len;
+    len = block < n - j ? block : n - j;
+  }
+}
+
+// A thread's tables, keyed by the bits of the scale they were built for: 128 sets of 4 ways.
+// The key, not the position in the tensor, is what recurs — one scale over a whole per-tensor
+// row, the same grid_cols scales over the 128 rows of a block band, a handful of exponents over
+// an MXFP8 tensor — so a table is built once per distinct scale, however the caller cuts rows.
+// A table costs 256 conversions, two 128-element spans' worth, so it is built only for a key seen
+// a second time while it still holds its way: a scale used once (or a grid wider than the cache,
+// thrashing it) costs a tag compare per span and falls back to the arithmetic path. `build`
+// returns false for a table its ISA cannot use to advantage; the key then stays on the
+// arithmetic path without being built again.
+template <typename Table>
+class TableCache {
+ public:
+  template <typename Build>
+  const Table* find(uint32_t key, const Build& build) {
+    const uint32_t set = ((key ^ (key >> 15)) * 0x9E3779B1u) >> (32 - kSetBits);
+    // The four keys are compared at once: consecutive spans hit different ways, and a
+    // mispredicted branch per way costs as much as converting a 32-element span.
+    const __m128i eq = _mm_cmpeq_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(keys_[set])),
+                                       _mm_set1_epi32(static_cast<int>(key)));
+    const uint32_t match = static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(eq)));
+    if (const uint32_t hit = match & built_[set])
+      return hit & declined_[set] ? nullptr : &tables_[__builtin_ctz(hit)][set];
+    return admit(set, key, match & seen_[set], build);
+  }
+
+ private:
+  // 512 tables: a band of DeepSeek-V3's widest input (18432 columns, 144 scales) rarely puts more
+  // than 4 keys in one set. One SSE compare covers the 4 ways.
+  static constexpr uint32_t kSetBits = 7, kWays = 4;
+
+  // A key without a table: build it if the key was seen before (`seen`: its way), else note it
+  // in a way — an empty one, else each way in turn. (Preferring to evict keys noted but never
+  // built would protect built tables, but two new keys of one set would then evict each other's
+  // notes forever while the previous band's dead tables stayed.)
+  template <typename Build>
+  const Table* admit(uint32_t set, uint32_t key, uint32_t seen, const Build& build) {
+    if (seen) {
+      const uint32_t w = __builtin_ctz(seen);
+      seen_[set] &= ~(1u << w);
+      built_[set] |= 1u << w;
+      if (build(tables_[w][set])) return &tables_[w][set];
+      declined_[set] |= 1u << w;
+      return nullptr;
+    }
+    const uint32_t empty = ~(seen_[set] | built_[set]) & 0xF;
+    const uint32_t w = empty ? __builtin_ctz(empty) : next_[set]++ % kWays;
+    keys_[set][w] = key;
+    seen_[set] |= 1u << w;
+    built_[set] &= ~(1u << w);
+    declined_[set] &= ~(1u << w);
+    return nullptr;
+  }
+
+  alignas(16) uint32_t keys_[1u << kSetBits][kWays] = {};
+  // Bit w: way w's key was seen once / has been built / was built and declined.
+  uint8_t seen_[1u << kSetBits] = {}, built_[1u << kSetBits] = {}, declined_[1u << kSetBits] = {};
+  uint8_t next_[1u << kSetBits] = {};
+  // Way-major: keys mostly sit in way 0 of their sets, and set-major tables 512 bytes apart would
+  // then be 2 KiB apart, all in the same few L1 sets.
+  Table tables_[kWays][1u << kSetBits];
+};
+
+// dequant_row for 16-bit outputs: each span goes through its scale's table when the thread's
+// cache has one (`Lookup::run`), arithmetically otherwise. A table holds exactly what Span
+// produces for each code — it is built by running Span over the 256 codes — so the two paths
+// agree bit for bit by construction. Spans shorter than Lookup::kMinSpan stay arithmetic: there
+// loading the table costs more than it saves.
+template <typename Span, typename Lookup>
+void dequant_row_tables(const uint8_t* src, size_t n, const float* scales, size_t block, size_t phase,
+                        void* dst_v) {
+  using Table = typename Lookup::Table;
+  thread_local std::unique_ptr<TableCache<Table>> cache;
+  if (!cache) cache.reset(new TableCache<Table>());
+  // Once per row: each thread_local access may be a call (__tls_get_addr under -fPIC).
+  TableCache<Table>& tables = *cache;
+  uint16_t* dst = static_cast<uint16_t*>(dst_v);
+  size_t j = 0;
+  size_t len = n < block - phase ? n : block - phase;
+  for (size_t b = 0; j < n; ++b) {
+    const float scale = scales[b];
+    const auto build = [scale](Table& fresh) {
+      uint8_t codes[256];
+      uint16_t exact[256];
+      for (int c = 0; c < 256; ++c) codes[c] = static_cast<uint8_t>(c);
+      Span::run(codes, 256, scale, exact);
+      return Lookup::build(fresh, exact);
+    };
+    const Table* t = len >= Lookup::kMinSpan ? tables.find(__builtin_bit_cast(uint32_t, scale), build) : nullptr;
+    if (t) Lookup::run(src + j, len, *t, dst + j);
+    else Span::run(src + j, len, scale, dst + j);
     j += len;
     len = block < n - j ? block : n - j;
   }
