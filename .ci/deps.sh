@@ -3,7 +3,8 @@
 # ./run.sh and ./test.sh; needs root (or sudo) only when something is missing.
 ckpt_install_deps() {
   local pkgs=(cmake ninja-build g++ libboost-iostreams-dev libtbb-dev libsimdjson-dev catch2
-              libfmt-dev nlohmann-json3-dev libcli11-dev libbenchmark-dev)
+              libfmt-dev nlohmann-json3-dev libcli11-dev libbenchmark-dev libxxhash-dev
+              clang libclang-rt-dev llvm)  # tests/sanitize.sh: clang, its sanitizer runtimes, llvm-symbolizer
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -28,7 +29,7 @@ struct ConvertArgs {
               quantize = "none", max_shard = "5GB", budget = "1GiB", device = "auto";
   std::optional<unsigned> ep_rank, ep_size;
   unsigned threads = 0;
-  bool overwrite = false, json = false, dry_run = false;
+  bool overwrite = false, resume = false, json = false, dry_run = false;
   std::string sink = "file", io = "mmap";
 };
 
@@ -66,6 +67,7 @@ int run_convert(const ConvertArgs& a) {
   o.memory_budget = parse_size(a.budget, "--memory-budget");
   o.threads = a.threads;
   o.overwrite = a.overwrite;
+  o.resume = a.resume;
   o.progress = isatty(STDERR_FILENO) && !a.json;
   o.dry_run = a.dry_run;
   o.null_sink = a.sink == "null";
@@ -76,7 +78,7 @@ int run_convert(const ConvertArgs& a) {
     nlohmann::ordered_json j = {
         {"input", a.in}, {"output", a.out}, {"direction", a.to}, {"dtype", a.dtype},
         {"input_tensors", s.input_tensors}, {"output_tensors", s.output_tensors},
-        {"dequantized", s.dequantized}, {"dropped", s.dropped}, {"shards", s.shards},
+        {"dequantized", s.dequantized}, {"dropped", s.dropped}, {"shards", s.shards}, {"reused_shards", s.reused_shards},
         {"input_bytes", s.input_bytes}, {"output_bytes", s.output_bytes},
         {"plan_seconds", s.plan_s}, {"execute_seconds", s.execute_s}, {"total_seconds", s.total_s},
         {"output_gb_per_s", gbps}, {"peak_rss_bytes", s.peak_rss_bytes}, {"threads", s.exec.threads},
@@ -90,6 +92,8 @@ int run_convert(const ConvertArgs& a) {
                a.in, a.out, s.output_tensors, s.dequantized, s.dropped, s.shards,
                Progress::bytes(static_cast<double>(s.output_bytes)), s.total_s, Progress::bytes(gbps * 1e9),
                Progress::bytes(static_cast<double>(s.peak_rss_bytes)));
+    if (s.reused_shards > 0)
+      fmt::print("resumed: {} of {} shard(s) were complete and kept\n", s.reused_shards, s.shards);
   }
   return 0;
 }
@@ -232,6 +236,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   conv->add_flag("--overwrite", ca.overwrite, "Replace the checkpoint in a non-empty --out");
+  conv->add_flag("--resume", ca.resume,
+                 "Finish an interrupted conversion in --out: complete shards are verified and kept, "
+                 "the rest written (same options and inputs required)");
   conv->add_flag("--json", ca.json, "Print a JSON summary of the run on stdout");
   conv->add_flag("--dry-run", ca.dry_run, "Open, validate and plan only: report what would be written");
   conv->add_option("--io", ca.io,
@@ -294,6 +301,9 @@ int main(int argc, char** argv) {
   bench->add_flag("--no-floor", ba.no_floor, "Skip the cp and memcpy floors");
   bench->add_flag("--json", ba.json, "Print the results as JSON on stdout");
 
+  // A file-size limit (ulimit -f) then fails the write with EFBIG, reported as an I/O error,
+  // instead of killing the process with SIGXFSZ.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

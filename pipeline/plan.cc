@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "formats/error.h"
+#include "transforms/cast.h"
 #include "transforms/family.h"
 
 namespace ckpt {
@@ -125,6 +126,14 @@ Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
   }
   std::unordered_set<const TensorInfo*> read;
   for (const auto& t : plan.tensors) {
+    // Every element conversion must exist before anything is written: an integer tensor routed
+    // into a floating-point output (grouped experts, an F32 upcast, FP8 export, which computes
+    // in F32) would otherwise stop the run half-way with an internal error.
+    const DType target = t.quantize != QuantizeMode::None && t.scale_of < 0 ? DType::F32 : t.out.dtype;
+    for (const auto& p : t.pieces)
+      if (!p.scale.info && !castable(p.input.info->dtype, target))
+        fail_input("{}: tensor '{}' is {}, which cannot be converted to {} for '{}'", file_of(p.input),
+                   p.input.name(), dtype_name(p.input.info->dtype), dtype_name(target), t.out.name);
     plan.output_bytes += t.nbytes;
     plan.dequantized += t.dequantizes();
     plan.quantized += t.quantize != QuantizeMode::None && t.scale_of < 0;

@@ -209,7 +209,7 @@ TEST_CASE("synth: minimax_m2", "[synth]") {
   CHECK(cfg["head_dim"] == 40);
   CHECK(cfg["num_attention_heads"] == 6);
   CHECK(cfg["torch_dtype"] == "bfloat16");
-  CHECK(cfg["quantization_config"]["weight_block_size"] == nlohmann::json({128, 128}));
+  CHECK(cfg["quantization_config"]["weight_block_size"] == nlohmann::ordered_json({128, 128}));
   check_values(c, true);
 }
 
@@ -250,9 +250,9 @@ TEST_CASE("synth: minimax_m3", "[synth]") {
   CHECK(cfg["num_local_experts"] == 5);
   CHECK(cfg["num_mtp_modules"] == 1);
   CHECK(cfg["dense_intermediate_size"] == 80);
-  CHECK(cfg["moe_layer_freq"] == nlohmann::json({0, 1, 1}));
+  CHECK(cfg["moe_layer_freq"] == nlohmann::ordered_json({0, 1, 1}));
   CHECK(cfg["sparse_attention_config"]["sparse_index_dim"] == 24);
-  CHECK(cfg["quantization_config"]["weight_block_size"] == nlohmann::json({1, 32}));
+  CHECK(cfg["quantization_config"]["weight_block_size"] == nlohmann::ordered_json({1, 32}));
   check_values(c, true);
 }
 
@@ -278,7 +278,7 @@ TEST_CASE("synth: minimax_m3_vl", "[synth]") {
   CHECK(cfg["text_config"]["hidden_size"] == 256);
   CHECK(cfg["text_config"]["intermediate_size"] == 128);
   CHECK(cfg["text_config"]["num_local_experts"] == 4);
-  CHECK(cfg["text_config"]["quantization_config"]["weight_block_size"] == nlohmann::json({1, 32}));
+  CHECK(cfg["text_config"]["quantization_config"]["weight_block_size"] == nlohmann::ordered_json({1, 32}));
   CHECK(cfg["projector_hidden_size"] == 256);
   check_values(c, true);
 }
@@ -399,7 +399,7 @@ TEST_CASE("synth: deepseek_v3", "[synth]") {
   CHECK(cfg["intermediate_size"] == 80);
   CHECK(cfg["first_k_dense_replace"] == 1);
   CHECK(cfg["num_hidden_layers"] == 3);
-  CHECK(cfg["quantization_config"]["weight_block_size"] == nlohmann::json({128, 128}));
+  CHECK(cfg["quantization_config"]["weight_block_size"] == nlohmann::ordered_json({128, 128}));
   check_values(c, true);
 }
 

@@ -1,5 +1,7 @@
 #include "transforms/kernels.h"
 
+#include <cpuid.h>
+
 #include <array>
 #include <cstdlib>
 #include <cstring>
@@ -76,17 +78,23 @@ const KernelTable kScalar{
       detail::dequant_row_tables<ScalarSpan<Fp8::E5M2, ToF16>, ScalarLookup>,
       detail::dequant_row<ScalarSpan<Fp8::E5M2, ToF32>, float>}}};
 
+// clang 14's __builtin_cpu_supports does not know "f16c", so CPUID leaf 1 is asked directly.
+bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+}
+
 bool cpu_has(Isa isa) {
   __builtin_cpu_init();
   switch (isa) {
     case Isa::Scalar: return true;
     case Isa::Avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
+             cpu_has_f16c();
     case Isa::Avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-             __builtin_cpu_supports("f16c");
+             cpu_has_f16c();
   }
   return false;
 }
