@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The sanitizer and fuzzing stage of ./test.sh (tests/FUZZING.md). With clang:
+#   asan  build-asan/: AddressSanitizer + UndefinedBehaviorSanitizer (+ LeakSanitizer), the whole
+#         Catch2 suite and the ckptconv binary it drives;
+#   fuzz  the two libFuzzer targets of that same build (tests/fuzz), both at once, for
+#         CKPT_FUZZ_SECONDS (default 60) each, from the committed seeds;
+#   tsan  build-tsan/: ThreadSanitizer, the whole suite, with oneTBB's synchronization made
+#         visible (tests/sanitizers/tsan_tbb.cc) once a planted race proves races are still seen.
+# Every report stops the process that found it and fails this script.
+#   tests/sanitize.sh [asan] [fuzz] [tsan]      (no argument: all three)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(asan fuzz tsan)
+fuzz_seconds=${CKPT_FUZZ_SECONDS:-60}
+jobs=$(nproc)
+
+# -O0: these builds are compile-bound (-O1 doubled their CPU time; the suite itself is I/O-bound).
+# Only the targets the stage runs are built (no benchmarks).
+configure() {  # dir, sanitizers, more cmake arguments
+  local dir=$1 san=$2
+  shift 2
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
+    -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-O0 -DCKPT_SANITIZE="$san" "$@" >/dev/null
+}
+
+stage() {  # name, then the command; prints the time it took
+  local name=$1 t0=$SECONDS
+  shift
+  echo "sanitize: $name"
+  "$@"
+  echo "sanitize: $name done in $((SECONDS - t0)) s"
+}
+
+asan_build() {
+  configure build-asan address,undefined -DCKPT_FUZZ=ON -DCMAKE_CXX_FLAGS=-fno-sanitize-recover=all
+  cmake --build build-asan -j"$jobs" --target ckpt_tests ckptconv fuzz_header fuzz_plan
+}
+
+asan_env() {
+  export ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1
+  export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+}
+
+asan() {
+  asan_build
+  asan_env
+  (cd build-asan && ctest --output-on-failure -j"$jobs")
+}
+
+# One fuzzer in the background ($! is its pid); new inputs go to build-asan/fuzz/<name>, never to
+# the committed seeds.
+fuzz_start() {
+  local name=$1 out=build-asan/fuzz dict=()
+  mkdir -p "$out/$name"
+  [ -f "tests/fuzz/$name.dict" ] && dict=(-dict="tests/fuzz/$name.dict")
+  build-asan/"$name" -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 "${dict[@]}" \
+    -artifact_prefix="$out/$name-" -print_final_stats=1 "$out/$name" "tests/fuzz/corpus/$name" \
+    >"$out/$name.log" 2>&1 &
+}
+
+fuzz_report() {  # name, pid
+  local name=$1 pid=$2 log=build-asan/fuzz/$1.log
+  if ! wait "$pid"; then
+    tail -n 60 "$log"
+    echo "sanitize: $name found a problem; the input is build-asan/fuzz/$name-* (see $log)"
+    return 1
+  fi
+  echo "  $name: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$log"), $(grep -o 'new_units_added: *[0-9]*' "$log" | tr -s ' ')"
+}
+
+fuzz() {
+  [ -x build-asan/fuzz_plan ] || asan_build
+  asan_env
+  local header plan ok=0
+  fuzz_start fuzz_header
+  header=$!
+  fuzz_start fuzz_plan
+  plan=$!
+  fuzz_report fuzz_header "$header" || ok=1
+  fuzz_report fuzz_plan "$plan" || ok=1
+  return $ok
+}
+
+tsan() {
+  # TBB_USE_PROFILING_TOOLS=2: oneTBB's headers announce task spawn, completion and waits.
+  configure build-tsan thread -DCMAKE_CXX_FLAGS=-DTBB_USE_PROFILING_TOOLS=2
+  cmake --build build-tsan -j"$jobs" --target ckpt_tests ckptconv
+  clang++ -std=c++20 -O1 -fPIC -shared tests/sanitizers/tsan_tbb.cc -o build-tsan/libckpt_tsan_tbb.so
+  clang++ -std=c++20 -O0 -g -fsanitize=thread -DTBB_USE_PROFILING_TOOLS=2 tests/sanitizers/tsan_canary.cc \
+    -o build-tsan/tsan_canary -ltbb
+  export LD_PRELOAD=$root/build-tsan/libckpt_tsan_tbb.so INTEL_LIBITTNOTIFY64=$root/build-tsan/libckpt_tsan_tbb.so
+  export INTEL_ITTNOTIFY_GROUPS=sync
+  export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/sanitizers/tsan.supp"
+  if build-tsan/tsan_canary >build-tsan/tsan_canary.log 2>&1 || ! grep -q 'tsan_canary.cc' build-tsan/tsan_canary.log; then
+    cat build-tsan/tsan_canary.log
+    echo "sanitize: ThreadSanitizer missed the planted race in tests/sanitizers/tsan_canary.cc"
+    return 1
+  fi
+  # The conformance cases repeat, family by family, conversions that the cli and families tests
+  # already run under ThreadSanitizer, and would take half of this stage's time.
+  (cd build-tsan && ctest --output-on-failure -j"$jobs" -E '^conformance cases')
+}
+
+for s in "${stages[@]}"; do
+  case $s in
+    asan|fuzz|tsan) (stage "$s" "$s") ;;
+    *) echo "usage: tests/sanitize.sh [asan] [fuzz] [tsan]" >&2; exit 2 ;;
+  esac
+done
