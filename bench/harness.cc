@@ -157,6 +157,7 @@ BenchRun parse_run(const Child& c, BenchPoint& point) {
   point.threads = j.at("threads").get<unsigned>();
   point.input_bytes = j.at("input_bytes").get<uint64_t>();
   point.output_bytes = j.at("output_bytes").get<uint64_t>();
+  point.shards = j.at("shards").get<uint64_t>();
   return r;
 }
 
@@ -309,13 +310,13 @@ std::string bench_markdown(const BenchResult& r, const std::string& invocation) 
                    "(read = input faults or preads, deq = dequantize/transpose, write = output writes, wait = "
                    "the rest).\n\n",
                    r.machine, r.filesystem, r.command, r.runs);
-  s += "| input | output | threads | wall (s) | in GB/s | out GB/s | peak RSS | read | deq | write | wait | cp (s) | "
+  s += "| input | output (shards) | threads | wall (s) | in GB/s | out GB/s | peak RSS | read | deq | write | wait | cp (s) | "
        "conv/cp | speedup vs 1 |\n";
   s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const Row& x : rows(r)) {
-    s += fmt::format("| {} | {} | {} | {:.2f} | {:.2f} | {:.2f} | {} | {:.0f}% | {:.0f}% | {:.0f}% | {:.0f}% | {} | {} | {} |\n",
+    s += fmt::format("| {} | {} ({}) | {} | {:.2f} | {:.2f} | {:.2f} | {} | {:.0f}% | {:.0f}% | {:.0f}% | {:.0f}% | {} | {} | {} |\n",
                      Progress::bytes(static_cast<double>(x.size->input_bytes)),
-                     Progress::bytes(static_cast<double>(x.point->output_bytes)), x.point->threads, x.wall,
+                     Progress::bytes(static_cast<double>(x.point->output_bytes)), x.point->shards, x.point->threads, x.wall,
                      x.in_gbps, x.out_gbps, Progress::bytes(x.rss), 100 * x.read, 100 * x.transform,
                      100 * x.write, 100 * x.wait, x.cp > 0 ? fmt::format("{:.2f}", x.cp) : "-",
                      x.cp > 0 ? fmt::format("{:.2f}", x.wall / x.cp) : "-",
@@ -337,7 +338,7 @@ nlohmann::ordered_json bench_json(const BenchResult& r) {
                       {"read_seconds", b.read_s}, {"dequantize_seconds", b.transform_s},
                       {"write_seconds", b.write_s}, {"peak_rss_bytes", b.peak_rss}});
     j["points"].push_back({{"input_file_bytes", x.size->input_bytes}, {"input_bytes", x.point->input_bytes},
-                           {"output_bytes", x.point->output_bytes},
+                           {"output_bytes", x.point->output_bytes}, {"output_shards", x.point->shards},
                            {"threads", x.point->threads}, {"median_wall_seconds", x.wall},
                            {"input_gb_per_s", x.in_gbps}, {"output_gb_per_s", x.out_gbps},
                            {"max_peak_rss_bytes", static_cast<uint64_t>(x.rss)},

@@ -43,6 +43,7 @@ struct BenchRun {
 // Every run of one (size, thread count) pair.
 struct BenchPoint {
   uint64_t input_bytes = 0, output_bytes = 0;
+  uint64_t shards = 0;   // output files the conversion wrote
   unsigned threads = 0;  // as the conversion reported it (0 resolved to the core count)
   std::vector<BenchRun> runs;
 };

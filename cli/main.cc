@@ -131,7 +131,7 @@ int run_synth(SynthOptions o, const std::string& size) {
 
 struct BenchArgs {
   std::string in, family = "minimax_m2", sizes = "2GB", threads = "1,2", to = "native", io = "mmap", sink = "file",
-              budget = "1GiB", work, report, plot;
+              budget = "1GiB", max_shard_size, work, report, plot;
   unsigned runs = 5;
   bool json = false, no_floor = false;
 };
@@ -172,6 +172,7 @@ int run_bench(const BenchArgs& a, const std::string& invocation) {
   o.floor = !a.no_floor;
   o.convert_args = {"--to", a.to, "--io", a.io, "--sink", a.sink, "--memory-budget", a.budget};
   if (!a.in.empty()) o.convert_args.insert(o.convert_args.end(), {"--family", a.family});
+  if (!a.max_shard_size.empty()) o.convert_args.insert(o.convert_args.end(), {"--max-shard-size", a.max_shard_size});
   o.work = a.work.empty() ? (std::filesystem::is_directory("/dev/shm") ? std::filesystem::path("/dev/shm")
                                                                        : std::filesystem::temp_directory_path()) /
                                 fmt::format("ckptconv-bench-{}", getpid())
@@ -295,6 +296,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"file", "null"}));
   bench->add_option("--memory-budget", ba.budget, "Bytes in flight per conversion")->capture_default_str();
+  bench->add_option("--max-shard-size", ba.max_shard_size,
+                    "Output shard size of the conversions (default: convert's). Concurrent writes into one file "
+                    "queue on its lock; real checkpoints have many shards");
   bench->add_option("--work", ba.work, "Scratch directory for inputs, outputs and copies (default: /dev/shm)");
   bench->add_option("--report", ba.report, "Also write a markdown report to this file");
   bench->add_option("--plot", ba.plot, "Write PREFIX-threads.png and PREFIX-size.png with gnuplot");

@@ -348,20 +348,28 @@ void write_output(const ConvertOptions& opt, const Checkpoint& ck, const std::ve
   // From here on the output directory holds a manifest; a failure removes it again, with every
   // temporary file, so that only a killed run leaves something to resume.
   ManifestFile manifest(opt.out, std::move(record));
-  std::vector<std::unique_ptr<ShardSink>> writers;
+  std::vector<std::unique_ptr<ShardSink>> writers(shards.size());
   for (const auto& t : targets) create_dir(t.dir, created);
-  for (size_t i = 0; i < shards.size(); ++i) {
-    const auto& ref = shards[i];
+  for (size_t i = 0; i < shards.size(); ++i)
     if (found[i] != Found::No) {
-      writers.push_back(std::make_unique<FinishedShard>(ref.final_path(), found[i] == Found::UnderTemp));
+      writers[i] = std::make_unique<FinishedShard>(shards[i].final_path(), found[i] == Found::UnderTemp);
       ++sum.reused_shards;
-      continue;
     }
-    auto done = [&manifest, rel = ref.target->rel](const fs::path& p, uint64_t size, uint64_t checksum) {
-      manifest.add({rel, p.filename().string(), size, checksum});
-    };
-    writers.push_back(std::make_unique<ShardWriter>(ref.target->dir, *ref.layout, true, std::move(done)));
-  }
+  // Creating a shard reserves its storage; on tmpfs that allocates every page, under the file's
+  // inode lock: as long as writing the shard later. Files do not share that lock, so the shards
+  // are created in parallel (the first error cancels the rest and is rethrown; each writer
+  // created removes its temporary file).
+  oneapi::tbb::task_arena arena(opt.threads ? static_cast<int>(opt.threads) : oneapi::tbb::task_arena::automatic);
+  arena.execute([&] {
+    oneapi::tbb::parallel_for(size_t{0}, shards.size(), [&](size_t i) {
+      if (writers[i]) return;
+      const auto& ref = shards[i];
+      auto done = [&manifest, rel = ref.target->rel](const fs::path& p, uint64_t size, uint64_t checksum) {
+        manifest.add({rel, p.filename().string(), size, checksum});
+      };
+      writers[i] = std::make_unique<ShardWriter>(ref.target->dir, *ref.layout, true, std::move(done));
+    }, oneapi::tbb::simple_partitioner());
+  });
   Plan all = merged(targets);
   // A complete shard's tensors keep their places — FP8 export's `scale_of` indices point at them,
   // and a scale in a shard still to write is computed from its weight — but have nothing left to

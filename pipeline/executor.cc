@@ -146,6 +146,73 @@ uint64_t item_elems(const PlannedTensor& t, uint64_t chunk_bytes) {
   return bc <= elems ? elems / bc * bc : elems;
 }
 
+// Cuts the plan into items, in each shard's tensor order. A write into a file holds that file's
+// inode lock for its whole copy into the page cache, so writers of one shard queue behind each
+// other (on tmpfs the copy is most of a conversion's time): items are dealt round-robin from as
+// many shards as there are threads, so that concurrent writes land in different files. One
+// thread gets plain plan order.
+class ItemSource {
+ public:
+  ItemSource(const Plan& plan, uint64_t chunk_bytes, unsigned lanes)
+      : plan_(plan), chunk_bytes_(chunk_bytes), lanes_(std::max(1u, lanes)) {
+    for (uint32_t i = 0; i < plan.tensors.size(); ++i) {
+      const uint32_t shard = plan.tensors[i].shard;
+      if (shard >= shards_.size()) shards_.resize(shard + 1);
+      shards_[shard].tensors.push_back(i);
+    }
+  }
+
+  // The next item, or false when every tensor has been dealt.
+  bool next(Item& it) {
+    for (;;) {
+      while (open_.size() < lanes_ && next_shard_ < shards_.size()) open_.push_back(next_shard_++);
+      if (open_.empty()) return false;
+      turn_ %= open_.size();
+      if (deal(shards_[open_[turn_]], it)) {
+        ++turn_;
+        return true;
+      }
+      open_.erase(open_.begin() + static_cast<std::ptrdiff_t>(turn_));  // that shard is dealt out
+    }
+  }
+
+ private:
+  struct Stream {
+    std::vector<uint32_t> tensors;  // plan indices, in plan order
+    size_t pos = 0;                 // the tensor being cut
+    uint64_t elem = 0;              // its next element
+    std::atomic<uint32_t>* segment = nullptr;
+  };
+
+  bool deal(Stream& s, Item& it) {
+    for (; s.pos < s.tensors.size(); ++s.pos, s.elem = 0) {
+      const PlannedTensor& t = plan_.tensors[s.tensors[s.pos]];
+      const uint64_t n = t.nbytes / dtype_size(t.out.dtype);
+      if (s.elem >= n) continue;
+      const uint64_t step = item_elems(t, chunk_bytes_);
+      const uint64_t seg_elems = (t.segment_rows ? t.segment_rows : t.rows) * t.row_len;
+      const uint64_t seg_end = std::min(n, (s.elem / seg_elems + 1) * seg_elems);
+      if (s.elem % seg_elems == 0)  // a new segment: count its items
+        s.segment = &segment_left_.emplace_back(static_cast<uint32_t>((seg_end - s.elem + step - 1) / step));
+      it.tensor = s.tensors[s.pos];
+      it.first = s.elem;
+      it.last = std::min(seg_end, s.elem + step);
+      it.segment_left = s.segment;
+      s.elem = it.last;
+      return true;
+    }
+    return false;
+  }
+
+  const Plan& plan_;
+  uint64_t chunk_bytes_;
+  unsigned lanes_;
+  std::vector<Stream> shards_;
+  std::vector<size_t> open_;  // shards being dealt
+  size_t next_shard_ = 0, turn_ = 0;
+  std::deque<std::atomic<uint32_t>> segment_left_;  // stable addresses as it grows
+};
+
 // Drops input pages once consumed so that the resident set follows the items in flight, not the
 // bytes converted so far. Untransposed pieces release the input rows an item read; transposed ones
 // read whole input regions, released when the segment's last item is written.
@@ -207,38 +274,14 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
     failed = true;
   };
 
-  size_t next_tensor = 0;
-  uint64_t next_elem = 0;
-  std::deque<std::atomic<uint32_t>> segment_left;  // stable addresses as it grows
+  ItemSource items_of(plan, stats.chunk_bytes, stats.threads);
   oneapi::tbb::task_arena arena(static_cast<int>(stats.threads));
   arena.execute([&] {
     flow::graph g;
     flow::input_node<Item> source(g, [&](oneapi::tbb::flow_control& fc) -> Item {
-      while (next_tensor < plan.tensors.size() && !failed) {
-        const PlannedTensor& t = plan.tensors[next_tensor];
-        const uint64_t n = t.nbytes / dtype_size(t.out.dtype);
-        if (next_elem >= n) {
-          ++next_tensor;
-          next_elem = 0;
-          continue;
-        }
-        const uint64_t step = item_elems(t, stats.chunk_bytes);
-        const uint64_t seg_elems = (t.segment_rows ? t.segment_rows : t.rows) * t.row_len;
-        const uint64_t seg_end = std::min(n, (next_elem / seg_elems + 1) * seg_elems);
-        if (next_elem % seg_elems == 0) {  // a new segment: count its items
-          const uint64_t seg_items = (seg_end - next_elem + step - 1) / step;
-          segment_left.emplace_back(static_cast<uint32_t>(seg_items));
-        }
-        Item it;
-        it.tensor = static_cast<uint32_t>(next_tensor);
-        it.first = next_elem;
-        it.last = std::min(seg_end, next_elem + step);
-        it.segment_left = &segment_left.back();
-        next_elem = it.last;
-        return it;
-      }
-      fc.stop();
-      return {};
+      Item it;
+      if (failed || !items_of.next(it)) fc.stop();
+      return it;
     });
     flow::limiter_node<Item> limiter(g, stats.buffers);
     flow::function_node<Item, Item> read(g, flow::unlimited, [&](Item it) {

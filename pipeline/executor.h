@@ -10,6 +10,8 @@
 // hands the buffer back. The limiter admits only as many items as there are buffers, so the
 // bytes in flight are bounded by the memory budget whatever the model size; a 4 GB tensor is just
 // many items. Renaming happens at plan time (names live in the plan), so it needs no node.
+// Items are dealt round-robin from as many output shards as there are threads, because writes
+// into one file serialise on its lock.
 #pragma once
 
 #include <atomic>

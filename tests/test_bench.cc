@@ -21,10 +21,16 @@ TEST_CASE("bench reports the conversions it ran, with their floors", "[bench][cl
                              " --to native --json");
   REQUIRE(plain.exit_code == 0);
   const auto expect = nlohmann::json::parse(plain.out);
+  const auto sharded = run_cli("convert --in " + in.string() + " --out " + (dir / "sharded").string() +
+                               " --to native --json --max-shard-size 100kB");
+  REQUIRE(sharded.exit_code == 0);
+  const auto shards = nlohmann::json::parse(sharded.out)["shards"].get<uint64_t>();
+  REQUIRE(shards > 1);
 
   const fs::path report = dir / "report.md";
+  // Shards of at most 100 kB: convert's --max-shard-size passed through (default: one shard).
   const auto r = run_cli("bench --in " + in.string() + " --threads 1,2 --runs 3 --json --work " +
-                         (dir / "work").string() + " --report " + report.string());
+                         (dir / "work").string() + " --report " + report.string() + " --max-shard-size 100kB");
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.out);
@@ -37,6 +43,7 @@ TEST_CASE("bench reports the conversions it ran, with their floors", "[bench][cl
     CHECK(p["threads"] == i + 1);
     CHECK(p["input_bytes"] == expect["input_bytes"]);  // the checkpoint's tensor bytes, as convert reads them
     CHECK(p["output_bytes"] == expect["output_bytes"]);
+    CHECK(p["output_shards"] == shards);
     REQUIRE(p["runs"].size() == 3);
     std::vector<double> walls;
     for (const auto& run : p["runs"]) {
