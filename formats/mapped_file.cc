@@ -11,6 +11,7 @@
 #include <system_error>
 
 #include "formats/error.h"
+#include "formats/posix_io.h"
 
 namespace ckpt {
 
@@ -126,19 +127,10 @@ MappedFile::~MappedFile() {
 }
 
 void MappedFile::read(uint64_t offset, uint64_t len, uint8_t* dst) const {
-  while (len > 0) {
-    const ssize_t n = ::pread(fd_, dst, std::min<uint64_t>(len, 1ull << 30), static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail_io_errno(errno, fmt::format("{}: reading {} bytes at offset {}", path_.string(), len, offset));
-    }
-    if (n == 0)
-      fail_input("{}: the file ends before offset {}, which its header covers (truncated while being read?)",
-                 path_.string(), offset);
-    dst += n;
-    offset += static_cast<uint64_t>(n);
-    len -= static_cast<uint64_t>(n);
-  }
+  const uint64_t got = pread_full(fd_, dst, len, offset, path_);
+  if (got < len)
+    fail_input("{}: the file ends before offset {}, which its header covers (truncated while being read?)",
+               path_.string(), offset + got);
 }
 
 void MappedFile::check_intact(bool deep) const {

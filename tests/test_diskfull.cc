@@ -104,6 +104,22 @@ struct Fixture {
     return ckpt::test::run_cli("convert --in " + in.string() + " --out " + out.string() +
                                " --to native --max-shard-size 2MB --threads 2 " + extra);
   }
+  // Converts onto a fresh tmpfs mounted at `mnt` with `options`. True when the conversion fitted
+  // (its output must equal the reference); otherwise it must have failed as a full disk, one line
+  // and nothing left, and `err` holds its message.
+  bool fits(const fs::path& mnt, const std::string& options, std::string& err) const {
+    Tmpfs disk(mnt, options);
+    const auto r = run(disk.path() / "out");
+    if (r.exit_code == 0) {
+      require_reference(disk.path() / "out");
+      return true;
+    }
+    require_io_failure(r);
+    CHECK_THAT(r.err, Contains("No space left on device"));
+    CHECK(everything(disk.path()).empty());
+    err = r.err;
+    return false;
+  }
   void require_reference(const fs::path& out) const {
     std::vector<std::string> names;
     for (const auto& e : fs::directory_iterator(ref)) names.push_back(e.path().filename().string());
@@ -139,21 +155,15 @@ TEST_CASE("diskfull: out of space after the check, at every point of the run", "
   // the shards' size makes each of those run out in turn, until the conversion fits.
   std::set<std::string> failures;
   bool fitted = false;
-  for (uint64_t extra = 0; extra <= 32 && !fitted; ++extra) {
+  for (uint64_t extra = 0; extra <= 32; ++extra) {
     INFO("tmpfs of the shards' size + " << extra << " pages");
-    Tmpfs disk(fx.tmp / ("mnt" + std::to_string(extra)), "size=" + std::to_string(fx.shard_blocks + extra * 4096));
-    const auto r = fx.run(disk.path() / "out");
-    if (r.exit_code == 0) {
-      fx.require_reference(disk.path() / "out");
-      fitted = true;
-      break;
-    }
-    require_io_failure(r);
-    CHECK_THAT(r.err, Contains("No space left on device"));
-    CHECK(everything(disk.path()).empty());
-    failures.insert(r.err.find(".ckptconv-manifest.json") != std::string::npos ? "manifest"
-                    : r.err.find("reserving") != std::string::npos          ? "shard"
-                                                                            : "staged file");
+    std::string err;
+    fitted = fx.fits(fx.tmp / ("mnt" + std::to_string(extra)), "size=" + std::to_string(fx.shard_blocks + extra * 4096),
+                     err);
+    if (fitted) break;
+    failures.insert(err.find(".ckptconv-manifest.json") != std::string::npos ? "manifest"
+                    : err.find("reserving") != std::string::npos          ? "shard"
+                                                                          : "staged file");
   }
   REQUIRE(fitted);
   // A shard's reservation failed, and so did at least one file written after the shards were.
@@ -167,18 +177,11 @@ TEST_CASE("diskfull: out of inodes at every file the run creates", "[diskfull]")
   // manifest, each shard, a manifest rewrite's temporary file, each staged file in turn.
   int failed = 0;
   bool fitted = false;
-  for (int inodes = 2; inodes <= 40 && !fitted; ++inodes) {
+  for (int inodes = 2; inodes <= 40; ++inodes) {
     INFO("tmpfs with " << inodes << " inodes");
-    Tmpfs disk(fx.tmp / ("mnt" + std::to_string(inodes)), "size=64m,nr_inodes=" + std::to_string(inodes));
-    const auto r = fx.run(disk.path() / "out");
-    if (r.exit_code == 0) {
-      fx.require_reference(disk.path() / "out");
-      fitted = true;
-      break;
-    }
-    require_io_failure(r);
-    CHECK_THAT(r.err, Contains("No space left on device"));
-    CHECK(everything(disk.path()).empty());
+    std::string err;
+    fitted = fx.fits(fx.tmp / ("mnt" + std::to_string(inodes)), "size=64m,nr_inodes=" + std::to_string(inodes), err);
+    if (fitted) break;
     ++failed;
   }
   REQUIRE(fitted);
