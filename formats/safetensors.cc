@@ -157,7 +157,11 @@ Header parse_header(const uint8_t* bytes, uint64_t available, uint64_t file_size
       fail_input("{}: tensor '{}': data_offsets [{}, {}] end before begin", file, key, t.begin,
                  t.end);
     uint64_t numel = 0, nbytes = 0;
-    if (!checked_numel(t.shape, numel) || !checked_mul(numel, dtype_size(t.dtype), nbytes))
+    const bool numel_fits = checked_numel(t.shape, numel);
+    if (numel_fits && !fills_whole_bytes(t.dtype, numel))  // the reference reader's rule
+      fail_input("{}: tensor '{}': {} {} is {} elements of {} bits, which do not fill whole bytes", file,
+                 key, dtype_name(t.dtype), shape_str(t.shape), numel, dtype_bits(t.dtype));
+    if (!numel_fits || !checked_elements_bytes(t.dtype, numel, nbytes))
       fail_input("{}: tensor '{}': byte size of shape {} overflows", file, key,
                  shape_str(t.shape));
     if (nbytes != t.end - t.begin)

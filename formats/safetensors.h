@@ -8,8 +8,8 @@
 //   bytes [8+N, EOF)    the data buffer; a tensor's bytes are [8+N+begin, 8+N+end)
 //
 // `parse_header` enforces every rule of the reference reader and a few more: known dtypes only,
-// shapes of non-negative integers whose byte size (computed with overflow checks) equals
-// end - begin, tensors tiling the data buffer from offset 0 with no gap or overlap and ending
+// shapes of non-negative integers whose byte size (elements × bits / 8, computed with overflow
+// checks; sub-byte elements must fill whole bytes) equals end - begin, tensors tiling the data buffer from offset 0 with no gap or overlap and ending
 // exactly at end of file, no duplicate names, no unknown fields. Violations throw
 // `Error(InvalidInput)` naming the file, the tensor and the rule.
 #pragma once

@@ -30,11 +30,11 @@ ItemInputs::Region ItemInputs::read(const MappedFile& f, uint64_t tensor_offset,
 void ItemInputs::stage(const PlannedTensor& t, uint64_t first, uint64_t last) {
   regions_.clear();
   used_ = 0;
-  if (t.is_copy()) {  // a flat run of elements, not rows
+  if (t.is_copy()) {  // a flat run of bytes (copies are cut on whole bytes, sub-byte dtypes too)
     const Piece& p = t.pieces[0];
-    const uint64_t es = dtype_size(p.input.info->dtype);
-    regions_.push_back(read(p.input.file->map(), p.input.file->file_offset(*p.input.info) + first * es,
-                            last - first, es, 0, 1, 0, last - first));
+    const DType d = p.input.info->dtype;
+    const uint64_t at = elements_bytes(d, first), n = elements_bytes(d, last) - at;
+    regions_.push_back(read(p.input.file->map(), p.input.file->file_offset(*p.input.info) + at, n, 1, 0, 1, 0, n));
     return;
   }
   const uint64_t len = t.row_len;
@@ -93,7 +93,7 @@ const uint8_t* ItemInputs::scale_row(const Piece& p, size_t i, uint64_t grid_row
 const uint8_t* ItemInputs::copy_bytes(const PlannedTensor& t, uint64_t first) const {
   if (!regions_.empty()) return buf_.data();
   const Piece& p = t.pieces[0];
-  return p.input.file->data(*p.input.info) + first * dtype_size(p.input.info->dtype);
+  return p.input.file->data(*p.input.info) + elements_bytes(p.input.info->dtype, first);
 }
 
 }  // namespace ckpt

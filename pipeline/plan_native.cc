@@ -52,6 +52,7 @@ struct Inputs {
 
 // The tensor to write for one input (dequantized if FP8) in `dtype` (FP8 inputs) or `keep`.
 PlannedTensor tensor_for(const Inputs& in, const TensorRef& t, std::string name, DType fp8_dtype, bool to_f32) {
+  refuse_scaled_copy_only(in.ck, t);  // every family consumes `_scale_inv` tensors
   if (is_fp8_weight(t.info->dtype)) {
     const std::string sname = t.name() + std::string(kScaleSuffix);
     const TensorRef* s = in.ck.find(sname);

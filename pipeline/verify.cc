@@ -41,11 +41,10 @@ Outcome compare(const TensorRef& x, const TensorRef& y, const VerifyOptions& opt
   const uint64_t nbytes = x.info->nbytes();
   const bool exact = !opt.atol || !is_float(t);
   if (std::memcmp(a, b, nbytes) == 0) return o;
-  if (!is_float(t)) {
-    const uint64_t es = dtype_size(t);
-    uint64_t first = 0;
-    while (std::memcmp(a + first * es, b + first * es, es) == 0) ++first;
-    o.problem = fmt::format("'{}': bytes differ (first at element {})", x.name(), first);
+  if (!is_float(t)) {  // byte-exact; the element holding the first differing byte's first bit
+    uint64_t byte = 0;
+    while (a[byte] == b[byte]) ++byte;
+    o.problem = fmt::format("'{}': bytes differ (first at element {})", x.name(), bytes_elements(t, byte));
     return o;
   }
   const uint64_t n = x.info->numel();

@@ -337,6 +337,15 @@ std::vector<Case> header_cases() {
        bad_header(w_with("\"F32\"", "[4611686018427387904]", "[0,8]")), "", true, {kBad, W, "overflow"}},
       {"shape needs more bytes than the offsets hold", bad_header(w_with("\"F8_E4M3\"", "[2,8]", "[0,8]")), "", true,
        {kBad, W, "[2, 8]"}},
+      // Sub-byte dtypes (SPEC §5): elements × bits must fill whole bytes, as the reference reader rules.
+      {"F4 elements that do not fill whole bytes", bad_header(w_with("\"F4\"", "[3,5]", "[0,8]")), "", true,
+       {kBad, W, "F4 [3, 5]", "whole bytes"}},
+      {"F6_E3M2 elements that do not fill whole bytes", bad_header(w_with("\"F6_E3M2\"", "[2,5]", "[0,8]")), "",
+       true, {kBad, W, "F6_E3M2 [2, 5]", "whole bytes"}},
+      {"F4 [2, 9] needs 9 bytes, not 8", bad_header(w_with("\"F4\"", "[2,9]", "[0,8]")), "", true,
+       {kBad, W, "needs 9 bytes"}},
+      {"C64 byte size overflows", bad_header(w_with("\"C64\"", "[2305843009213693952]", "[0,8]")), "", true,
+       {kBad, W, "overflow"}},
       // Data offsets
       {"offsets [5, 3]", bad_header(w_with("\"F8_E4M3\"", "[2,4]", "[5,3]")), "", true, {kBad, W}},
       {"offsets overlap", bad_header(s_with("[4,8]"), std::string(8, '\0')), "", true, {kBad, S}},
@@ -572,6 +581,19 @@ std::vector<Case> synth_cases(const Sources& src) {
          t = {t.name, DType::F8_E4M3, t.shape, std::string(4, '\x38')};
        }),
        "", false, {q_shard, q_proj + "_scale_inv"}},
+      // Copy-only dtypes (SPEC §5) where a rule must transform them: FNUZ is not e4m3fn.
+      {"FP8 weight stored as F8_E4M3FNUZ, with its scale",
+       rewrite(m2, [=](Shards& s, OJson&) { find(s, q_proj).dtype = DType::F8_E4M3FNUZ; }), "", false,
+       {q_shard, q_proj, "F8_E4M3FNUZ", q_proj + "_scale_inv"}},
+      {"expert weight stored as F4, to be grouped",
+       rewrite(m2,
+               [=](Shards& s, OJson&) {
+                 TensorSpec& t = find(s, e1w3);
+                 t = {t.name, DType::F4, t.shape, t.bytes.substr(0, t.bytes.size() / 2)};
+                 for (auto& shard : s)
+                   std::erase_if(shard, [&](const TensorSpec& x) { return x.name == e1w3 + "_scale_inv"; });
+               }),
+       "--family minimax_m2 --to native", false, {e_shard, e1w3, "is F4", "gate_and_up_projs"}},
       {"scale 3-d",
        rewrite(m2, [=](Shards& s, OJson&) { find(s, q_proj + "_scale_inv").shape = {1, 2, 2}; }), "", false,
        {q_shard, q_proj, "[1, 2, 2]"}},

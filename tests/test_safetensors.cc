@@ -429,25 +429,48 @@ TEST_CASE("safetensors: a 0-d scalar (shape []) is accepted", "[safetensors]") {
 }
 
 TEST_CASE("safetensors: every dtype name parses with its element size", "[safetensors]") {
-  const std::vector<std::pair<std::string, size_t>> table = {
-      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"U16", 2},     {"I16", 2},     {"U32", 4},
-      {"I32", 4},  {"U64", 8}, {"I64", 8}, {"F16", 2},     {"BF16", 2},    {"F32", 4},
-      {"F64", 8},  {"F8_E4M3", 1},         {"F8_E5M2", 1}, {"F8_E8M0", 1},
+  // Every dtype of the reference reader (SPEC §5): name, bits, and the bytes of 8 elements.
+  struct Row {
+    std::string name;
+    unsigned bits;
+    size_t bytes8;
   };
-  for (const auto& [name, size] : table) {
+  const std::vector<Row> table = {
+      {"BOOL", 8, 8},          {"U8", 8, 8},          {"I8", 8, 8},           {"U16", 16, 16},
+      {"I16", 16, 16},         {"U32", 32, 32},       {"I32", 32, 32},        {"U64", 64, 64},
+      {"I64", 64, 64},         {"F16", 16, 16},       {"BF16", 16, 16},       {"F32", 32, 32},
+      {"F64", 64, 64},         {"F8_E4M3", 8, 8},     {"F8_E5M2", 8, 8},      {"F8_E8M0", 8, 8},
+      {"F4", 4, 4},            {"F6_E2M3", 6, 6},     {"F6_E3M2", 6, 6},      {"F8_E4M3FNUZ", 8, 8},
+      {"F8_E5M2FNUZ", 8, 8},   {"C64", 64, 64},
+  };
+  for (const auto& [name, bits, bytes8] : table) {
     INFO("dtype " << name);
-    const std::string n = std::to_string(3 * size);
+    const std::string n = std::to_string(bytes8);
     const ckpt::Header hd = parse_mem(one_tensor(
-        R"({"dtype":")" + name + R"(","shape":[3],"data_offsets":[0,)" + n + "]}", 3 * size));
+        R"({"dtype":")" + name + R"(","shape":[2,4],"data_offsets":[0,)" + n + "]}", bytes8));
     REQUIRE(hd.tensors.size() == 1);
     CHECK(ckpt::dtype_name(hd.tensors[0].dtype) == name);
-    CHECK(ckpt::dtype_size(hd.tensors[0].dtype) == size);
-    CHECK(hd.tensors[0].nbytes() == 3 * size);
+    CHECK(ckpt::dtype_bits(hd.tensors[0].dtype) == bits);
+    if (bits % 8 == 0) CHECK(ckpt::dtype_size(hd.tensors[0].dtype) == bits / 8);
+    CHECK(hd.tensors[0].nbytes() == bytes8);
     REQUIRE(ckpt::parse_dtype(name).has_value());
     CHECK(*ckpt::parse_dtype(name) == hd.tensors[0].dtype);
   }
   CHECK_FALSE(ckpt::parse_dtype("F8_E4M3FN").has_value());
+  CHECK_FALSE(ckpt::parse_dtype("F4_E2M1").has_value());
+  CHECK_FALSE(ckpt::parse_dtype("C128").has_value());
   CHECK_FALSE(ckpt::parse_dtype("").has_value());
+}
+
+TEST_CASE("safetensors: sub-byte elements that do not fill whole bytes are rejected", "[safetensors]") {
+  // The reference reader's rule: elements × bits must be a multiple of 8.
+  expect_rejected(one_tensor(R"({"dtype":"F4","shape":[3],"data_offsets":[0,2]})", 2),
+                  {"tensor 'w'", "F4 [3] is 3 elements of 4 bits", "do not fill whole bytes"});
+  expect_rejected(one_tensor(R"({"dtype":"F6_E2M3","shape":[2,3],"data_offsets":[0,5]})", 5),
+                  {"tensor 'w'", "F6_E2M3 [2, 3] is 6 elements of 6 bits"});
+  // Whole bytes, wrong count: 6 F4 elements are 3 bytes.
+  expect_rejected(one_tensor(R"({"dtype":"F4","shape":[6],"data_offsets":[0,6]})", 6),
+                  {"tensor 'w'", "F4 [6] needs 3 bytes"});
 }
 
 TEST_CASE("safetensors: shape_str and checked arithmetic", "[safetensors]") {

@@ -34,8 +34,12 @@ void check(const ckpt::Header& h, const uint8_t* data, uint64_t size) {
     if (t.name == "__metadata__") finding("__metadata__ returned as a tensor");
     if (t.begin != expect) finding("tensors do not tile the data buffer");
     uint64_t numel = 0, bytes = 0;
-    if (!ckpt::checked_numel(t.shape, numel) || !ckpt::checked_mul(numel, ckpt::dtype_size(t.dtype), bytes))
-      finding("accepted a shape whose byte size overflows");
+    if (!ckpt::checked_numel(t.shape, numel)) finding("accepted a shape whose element count overflows");
+    // Bits, not bytes: elements × bits must be whole bytes (F4, F6) and fit in 64 bits.
+    const uint64_t bits = ckpt::dtype_bits(t.dtype);
+    if (numel * bits % 8 != 0) finding("accepted sub-byte elements that do not fill whole bytes");
+    if (numel != 0 && (numel / 8 > UINT64_MAX / bits)) finding("accepted a shape whose byte size overflows");
+    bytes = numel / 8 * bits + numel % 8 * bits / 8;
     if (bytes != t.nbytes() || t.numel() != numel) finding("byte size does not match the shape");
     expect = t.end;
   }

@@ -149,6 +149,8 @@ void check_plan(const Plan& plan) {
         if (!is_fp8_weight(in.dtype)) finding(name + ": a scale on a non-FP8 input");
         if (target != DType::BF16 && target != DType::F16 && target != DType::F32)
           finding(name + ": dequantized into " + std::string(dtype_name(target)));
+      } else if (is_copy_only(in.dtype) && (!t.is_copy() || t.quantize != QuantizeMode::None)) {
+        finding(name + ": a " + std::string(dtype_name(in.dtype)) + " input is transformed, not copied");
       } else if (!castable(in.dtype, target)) {
         finding(name + ": no cast from " + std::string(dtype_name(in.dtype)) + " to " +
                 std::string(dtype_name(target)));

@@ -56,11 +56,16 @@ st '{"z":{"dtype":"BF16","shape":[0,4],"data_offsets":[0,0]},"b":{"dtype":"BOOL"
 st '{"w":{"dtype":"F8_E5M2","shape":[2,64],"data_offsets":[0,128]},"w_scale_inv":{"dtype":"F8_E8M0","shape":[2,2],"data_offsets":[128,132]}}' 132 >"$hc/mx"
 st '{"a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},"b":{"dtype":"U16","shape":[2],"data_offsets":[4,8]}}' 8 >"$hc/overlap"
 st '{"a":{"dtype":"F64","shape":[-1],"data_offsets":[0,8]}}' 8 >"$hc/negative"
-st '{"a":{"dtype":"F4","shape":[1],"data_offsets":[0,1]}}' 1 >"$hc/unknown-dtype"
+st '{"a":{"dtype":"F9","shape":[1],"data_offsets":[0,1]}}' 1 >"$hc/unknown-dtype"
+# Every dtype ckptconv only copies (SPEC §5), then sub-byte tensors whose bits do not fill bytes.
+st '{"a":{"dtype":"F4","shape":[2,3],"data_offsets":[0,3]},"b":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[3,6]},"c":{"dtype":"F6_E3M2","shape":[2,4],"data_offsets":[6,12]},"d":{"dtype":"F8_E4M3FNUZ","shape":[2],"data_offsets":[12,14]},"e":{"dtype":"F8_E5M2FNUZ","shape":[2],"data_offsets":[14,16]},"f":{"dtype":"C64","shape":[1],"data_offsets":[16,24]}}' 24 >"$hc/copy-only-dtypes"
+st '{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}' 2 >"$hc/sub-byte-odd"
+st '{"a":{"dtype":"F6_E3M2","shape":[5],"data_offsets":[0,4]}}' 4 >"$hc/sub-byte-odd-f6"
 st '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}' 2 >"$hc/duplicate"
 st '{"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}}' >"$hc/overflow"
 
 cfg='{"architectures":["MiniMaxM2ForCausalLM"],"model_type":"minimax_m2","num_hidden_layers":1,"num_local_experts":1,"intermediate_size":2}'
 { opts 0; printf '%s\0%s' "$cfg" '{"model.layers.0.block_sparse_moe.experts.0.w1.weight":{"dtype":"I64","shape":[2,1],"data_offsets":[0,16]},"model.layers.0.block_sparse_moe.experts.0.w2.weight":{"dtype":"I64","shape":[1,2],"data_offsets":[16,32]},"model.layers.0.block_sparse_moe.experts.0.w3.weight":{"dtype":"I64","shape":[2,1],"data_offsets":[32,48]}}'; } >"$pc/int-experts"
+{ opts 0; printf '%s\0%s' "$cfg" '{"model.layers.0.block_sparse_moe.experts.0.w1.weight":{"dtype":"F4","shape":[2,1],"data_offsets":[0,1]},"model.layers.0.block_sparse_moe.experts.0.w2.weight":{"dtype":"F4","shape":[1,2],"data_offsets":[1,2]},"model.layers.0.block_sparse_moe.experts.0.w3.weight":{"dtype":"F4","shape":[2,1],"data_offsets":[2,3]},"model.layers.0.block_sparse_moe.gate.weight":{"dtype":"F8_E4M3FNUZ","shape":[1,2],"data_offsets":[3,5]},"model.embed_tokens.weight":{"dtype":"C64","shape":[1],"data_offsets":[5,13]}}'; } >"$pc/copy-only-experts"
 { opts 7; printf '\0%s' '{"a.weight":{"dtype":"F8_E4M3","shape":[2,3],"data_offsets":[0,6]},"a.weight_scale_inv":{"dtype":"F32","shape":[],"data_offsets":[6,10]},"a.input_scale":{"dtype":"F32","shape":[],"data_offsets":[10,14]}}'; } >"$pc/no-config"
 du -sh "$here/corpus"
