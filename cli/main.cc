@@ -101,8 +101,8 @@ int run_convert(const ConvertArgs& a) {
 int run_inspect(const std::string& path, bool json) {
   const Checkpoint ck = Checkpoint::open(path);
   const InspectReport r = inspect(ck, path);
-  if (json) std::cout << inspect_json(r).dump(2) << "\n";
-  else std::cout << inspect_text(r);
+  if (json) write_inspect_json(r, std::cout);
+  else write_inspect_text(r, std::cout);
   return 0;
 }
 

@@ -121,6 +121,7 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   }
 
   for (const auto& f : c.files_) {
+    c.metadata_.insert(f->header().metadata.begin(), f->header().metadata.end());  // keeps the first
     for (const auto& t : f->tensors()) {
       const TensorRef ref{f.get(), &t};
       auto [it, fresh] = c.by_name_.emplace(t.name, c.tensors_.size());

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,6 +35,9 @@ class Checkpoint {
   // Every tensor, shard by shard in data order.
   const std::vector<TensorRef>& tensors() const { return tensors_; }
   const TensorRef* find(std::string_view name) const;
+  // The shards' "__metadata__" entries together; where shards disagree on a key, the first in
+  // files() order (the index's shards by name) wins (SPEC §5).
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
   // config.json beside the weights, if any (ordered so that it is written back unchanged).
   const std::optional<nlohmann::ordered_json>& config() const { return config_; }
@@ -46,6 +50,7 @@ class Checkpoint {
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::vector<TensorRef> tensors_;
   std::unordered_map<std::string_view, size_t> by_name_;
+  std::map<std::string, std::string> metadata_;
   std::optional<nlohmann::ordered_json> config_;
   uint64_t total_bytes_ = 0;
   bool single_file_ = false;

@@ -26,18 +26,29 @@ namespace fs = std::filesystem;
 
 uint64_t OutTensor::nbytes() const {
   uint64_t n = 0, b = 0;
-  if (!checked_numel(shape, n) || !checked_mul(n, dtype_size(dtype), b))
+  if (checked_numel(shape, n) && !fills_whole_bytes(dtype, n))
+    fail_input("output tensor '{}': {} {} does not fill whole bytes", name, dtype_name(dtype), shape_str(shape));
+  if (!checked_numel(shape, n) || !checked_elements_bytes(dtype, n, b))
     fail_input("output tensor '{}': byte size of shape {} overflows", name, shape_str(shape));
   return b;
 }
 
-ShardLayout layout_shard(std::string file_name, std::vector<OutTensor> tensors) {
+ShardLayout layout_shard(std::string file_name, std::vector<OutTensor> tensors,
+                         const std::map<std::string, std::string>& metadata) {
   ShardLayout l;
   l.file_name = std::move(file_name);
   l.tensors = std::move(tensors);
   // Built as text: ordered_json's lookups are linear, and shards can hold thousands of tensors.
   std::string& h = l.header;
-  h = R"({"__metadata__":{"format":"pt"})";
+  h = R"({"__metadata__":{"format":"pt")";
+  for (const auto& [key, value] : metadata) {
+    if (key == "format") continue;  // the bytes are PyTorch's whatever the input's said
+    h += ',';
+    h += nlohmann::json(key).dump();
+    h += ':';
+    h += nlohmann::json(value).dump();
+  }
+  h += '}';
   std::unordered_set<std::string_view> names;
   uint64_t pos = 0;
   std::vector<uint64_t> rel;

@@ -3,7 +3,8 @@
 // offsets in any order. A shard lives under a hidden temporary name at its final size until
 // `commit` fsyncs it and renames it into place: a failed or killed run leaves nothing under a
 // final name. The header is padded with spaces so the data starts at a multiple of 8 and carries
-// `"__metadata__": {"format": "pt"}`; tensors lie back to back in the order given.
+// `"__metadata__": {"format": "pt"}` plus the entries the caller passes on (SPEC §5: the input's
+// own); tensors lie back to back in the order given.
 //
 // For resuming, a writer can also report when its shard is complete, with its checksum: the
 // XXH3-64 of the sequence of XXH3-64s (canonical, big-endian) of the file's consecutive 1 MiB
@@ -17,6 +18,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,8 +43,11 @@ struct ShardLayout {
   uint64_t file_size = 0;
 };
 
-// Computes header, offsets and size. Throws on a name or size the format cannot hold.
-ShardLayout layout_shard(std::string file_name, std::vector<OutTensor> tensors);
+// Computes header, offsets and size. The header's "__metadata__" is {"format": "pt"} and the
+// other entries of `metadata` (its own "format" is ignored: the tensors are always written as
+// PyTorch's). Throws on a name, size or header length the format cannot hold.
+ShardLayout layout_shard(std::string file_name, std::vector<OutTensor> tensors,
+                         const std::map<std::string, std::string>& metadata = {});
 
 // The conventional shard names: "model.safetensors" for one, else
 // "model-00001-of-0000N.safetensors".

@@ -890,6 +890,57 @@ TEST_CASE("cli: convert --json and inspect report the checkpoint", "[cli]") {
   CHECK_THAT(ibt.out, Catch::Contains("NO SCALE"));
 }
 
+// inspect --json writes its document as it goes; it must still be nlohmann's dump(2) of the
+// report, byte for byte: escapes, a scalar's and an empty tensor's shapes, rows without and with
+// a quantization, and a checkpoint without tensors.
+TEST_CASE("cli: inspect --json is byte for byte the indented JSON document", "[cli]") {
+  TempDir tmp;
+  const fs::path in = tmp / "in";
+  const std::string odd = "we\"ird\\ n\xc3\xa4me\t\xf0\x9f\x98\x80";  // quote, backslash, ä, tab, emoji
+  write_checkpoint(in, {{{odd, DType::F32, {}, raw(std::vector<float>{1.0f})},
+                         {"x.weight", DType::F8_E4M3, {2, 3}, std::string(6, '\x38')}},
+                        {{"e", DType::U8, {0}, ""},
+                         {"y.weight", DType::F8_E4M3, {2, 3}, std::string(6, '\x38')},
+                         {"y.weight_scale_inv", DType::F32, {1}, raw(std::vector<float>{0.5f})},
+                         {"z", DType::BF16, {1, 2, 1}, std::string(4, '\0')}}});
+  using OJson = nlohmann::ordered_json;
+  const std::string f1 = "model-00001-of-00002.safetensors", f2 = "model-00002-of-00002.safetensors";
+  const OJson want = {
+      {"path", in.string()},
+      {"files", 2},
+      {"tensor_count", 6},
+      {"bytes", 24},
+      {"parameters", 16},
+      {"fp8_weights", 2},
+      {"fp8_without_usable_scale", 1},
+      {"by_dtype",
+       {{"BF16", {{"tensors", 1}, {"bytes", 4}}},
+        {"F32", {{"tensors", 2}, {"bytes", 8}}},
+        {"F8_E4M3", {{"tensors", 2}, {"bytes", 12}}},
+        {"U8", {{"tensors", 1}, {"bytes", 0}}}}},
+      {"tensors",
+       {{{"name", odd}, {"dtype", "F32"}, {"shape", OJson::array()}, {"bytes", 4}, {"file", f1}},
+        {{"name", "x.weight"}, {"dtype", "F8_E4M3"}, {"shape", {2, 3}}, {"bytes", 6}, {"file", f1},
+         {"quantization", "NO SCALE"}},
+        {{"name", "e"}, {"dtype", "U8"}, {"shape", OJson::array({0})}, {"bytes", 0}, {"file", f2}},
+        {{"name", "y.weight"}, {"dtype", "F8_E4M3"}, {"shape", {2, 3}}, {"bytes", 6}, {"file", f2},
+         {"quantization", "per-tensor"}},
+        {{"name", "y.weight_scale_inv"}, {"dtype", "F32"}, {"shape", OJson::array({1})}, {"bytes", 4}, {"file", f2}},
+        {{"name", "z"}, {"dtype", "BF16"}, {"shape", {1, 2, 1}}, {"bytes", 4}, {"file", f2}}}}};
+  const RunResult r = cli("inspect " + q(in) + " --json");
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out == want.dump(2) + "\n");
+
+  const fs::path none = tmp / "none.safetensors";
+  ckpt::test::write_bytes(none, ckpt::test::safetensors_bytes("{}", ""));
+  const OJson empty = {{"path", none.string()}, {"files", 1}, {"tensor_count", 0}, {"bytes", 0}, {"parameters", 0},
+                       {"fp8_weights", 0}, {"fp8_without_usable_scale", 0}, {"by_dtype", OJson::object()},
+                       {"tensors", OJson::array()}};
+  const RunResult e = cli("inspect " + q(none) + " --json");
+  REQUIRE(e.exit_code == 0);
+  CHECK(e.out == empty.dump(2) + "\n");
+}
+
 // =============================================================================================
 // 9. verify
 

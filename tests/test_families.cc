@@ -896,3 +896,72 @@ TEST_CASE("families: an MTP module past num_mtp_modules is refused", "[families]
   const fs::path bad = tmp / "bad";
   check_refused(convert(moved, bad, "minimax_m3", "--to native"), 3, bad, {"MTP module 1", "num_mtp_modules"});
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. The checkpoint's own metadata (SPEC §5)
+
+namespace {
+
+// Replaces the "__metadata__" of a shard the library wrote ({"format":"pt"}) with `meta`, raw
+// JSON text. Data offsets are relative to the data buffer, so a longer header leaves them valid.
+void set_metadata(const fs::path& shard, const std::string& meta) {
+  const std::string bytes = ckpt::test::read_bytes(shard);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  std::string header = bytes.substr(8, n);
+  const std::string old = R"("__metadata__":{"format":"pt"})";
+  REQUIRE(header.find(old) == 1);
+  header.replace(1, old.size(), "\"__metadata__\":" + meta);
+  ckpt::test::write_bytes(shard, ckpt::test::safetensors_bytes(header, bytes.substr(8 + n)));
+}
+
+// The checkpoint in `dir` has at least `min_shards` shards, each with exactly `want` as its parsed
+// "__metadata__".
+void check_metadata(const fs::path& dir, size_t min_shards, const std::map<std::string, std::string>& want) {
+  const Checkpoint c = Checkpoint::open(dir);
+  INFO(dir.string());
+  CHECK(c.files().size() >= min_shards);
+  for (const auto& f : c.files()) {
+    INFO(f->path().string());
+    CHECK(f->header().metadata == want);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("families: every output shard keeps the input's metadata and the first shard's value wins", "[families]") {
+  TempDir tmp;
+  const fs::path in = tmp / "hf";
+  write_tiny(in, tiny_config());
+  // Shard 1 says another format and disagrees with shard 2 on "shared"; values hold quotes, a
+  // backslash, escapes and non-ASCII text.
+  set_metadata(in / "model-00001-of-00002.safetensors",
+               R"({"format":"np","source":"MiniMax \"M2\" \u2014 \u5c0f","shared":"first","only_first":"1"})");
+  set_metadata(in / "model-00002-of-00002.safetensors",
+               R"({"shared":"second","only_second":"tab\there \\ \u00e9","format":"pt"})");
+  const std::map<std::string, std::string> want{{"format", "pt"},
+                                                {"source", "MiniMax \"M2\" \xe2\x80\x94 \xe5\xb0\x8f"},
+                                                {"shared", "first"},
+                                                {"only_first", "1"},
+                                                {"only_second", "tab\there \\ \xc3\xa9"}};
+  // The tiny model's tensors are tens of bytes: 100-byte shards give each direction several.
+  const std::string small = " --max-shard-size 100";
+
+  const fs::path deq = tmp / "dequant";
+  REQUIRE(cli("convert --in " + q(in) + " --out " + q(deq) + " --to dequant" + small).exit_code == 0);
+  check_metadata(deq, 2, want);
+
+  const fs::path nat = tmp / "native", one = tmp / "rank1", all = tmp / "ranks";
+  convert_ok(in, nat, "minimax_m2", "--to native" + small);
+  check_metadata(nat, 2, want);
+  convert_ok(in, one, "minimax_m2", "--to native --ep-rank 1 --ep-size 2");
+  check_metadata(one, 1, want);
+  convert_ok(in, all, "minimax_m2", "--to native --ep-size 2" + small);
+  check_metadata(all / "rank-0000", 2, want);
+  check_metadata(all / "rank-0001", 2, want);
+
+  // Back to HF: the native shards all say the same, and so does every HF shard.
+  const fs::path back = tmp / "hf_back";
+  convert_ok(nat, back, "minimax_m2", "--to hf" + small);
+  check_metadata(back, 2, want);
+}

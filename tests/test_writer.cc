@@ -108,6 +108,39 @@ TEST_CASE("writer: layout_shard of a scalar and of no tensors", "[writer]") {
   }
 }
 
+TEST_CASE("writer: layout_shard carries the caller's metadata after \"format\": \"pt\"", "[writer]") {
+  // SPEC §5: the input's own entries are kept; its "format" is not, the bytes are always pt.
+  const std::map<std::string, std::string> meta{
+      {"format", "np"}, {"quote", "say \"hi\"\n"}, {"author", "J\xc3\xb6rg \\o/"}};
+  const ckpt::ShardLayout l = ckpt::layout_shard("m.safetensors", {{"t", DType::U8, {2}}}, meta);
+  // Entries in key order after "format", escaped as JSON; ö stays two raw UTF-8 bytes.
+  const std::string json =
+      R"({"__metadata__":{"format":"pt","author":"J)" "\xc3\xb6" R"(rg \\o/","quote":"say \"hi\"\n"},)"
+      R"("t":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})";
+  // 17 + 13 ("format") + 22 ("author") + 23 ("quote") + 1 + 53 (t) = 129 bytes of JSON;
+  // 8 + 129 = 137, so 7 spaces bring the data to 144.
+  CHECK(json.size() == 129);
+  CHECK(l.header == json + "       ");
+  CHECK(l.data_start == 144);
+  CHECK(l.offsets == std::vector<uint64_t>{144});
+  CHECK(l.file_size == 146);
+
+  const std::string bytes = ckpt::test::safetensors_bytes(l.header, "ab");
+  const ckpt::Header h = ckpt::parse_header(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),
+                                            bytes.size(), "layout");
+  CHECK(h.metadata == std::map<std::string, std::string>{
+                          {"format", "pt"}, {"quote", "say \"hi\"\n"}, {"author", "J\xc3\xb6rg \\o/"}});
+
+  // The metadata counts towards the header limit like the tensors do.
+  try {
+    ckpt::layout_shard("big.safetensors", {}, {{"blob", std::string(ckpt::kMaxHeaderSize, 'x')}});
+    FAIL("a header over the limit was accepted");
+  } catch (const ckpt::Error& e) {
+    CHECK(e.kind() == ckpt::ErrorKind::InvalidInput);
+    CHECK_THAT(e.what(), Contains("big.safetensors: header of") && Contains("exceeds the safetensors limit"));
+  }
+}
+
 TEST_CASE("writer: layout_shard rejects duplicate names and overflowing sizes", "[writer]") {
   try {
     ckpt::layout_shard("m.safetensors", {{"x", DType::U8, {1}}, {"x", DType::U8, {2}}});
