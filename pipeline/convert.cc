@@ -213,14 +213,19 @@ void summarize(const Checkpoint& ck, const std::vector<Target>& targets, Clock::
   sum.isa = std::string(isa_name(kernels().isa));
 }
 
+// Runs the tensors of `plan` that `selected` names (empty: all).
 ExecStats run_plan(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>>& writers,
-                   const ConvertOptions& opt) {
-  Progress progress("converting", plan.output_bytes, opt.progress);
+                   const ConvertOptions& opt, std::vector<bool> selected = {}) {
+  uint64_t total = 0;
+  for (size_t i = 0; i < plan.tensors.size(); ++i)
+    if (selected.empty() || selected[i]) total += plan.tensors[i].nbytes;
+  Progress progress("converting", total, opt.progress);
   ExecOptions eo;
   eo.threads = opt.threads;
   eo.memory_budget = opt.memory_budget;
   eo.io = opt.io;
   eo.progress = &progress.counter();
+  eo.selected = std::move(selected);
   return execute(plan, writers, eo);
 }
 
@@ -370,18 +375,13 @@ void write_output(const ConvertOptions& opt, const Checkpoint& ck, const std::ve
       writers[i] = std::make_unique<ShardWriter>(ref.target->dir, *ref.layout, true, std::move(done));
     }, oneapi::tbb::simple_partitioner());
   });
-  Plan all = merged(targets);
-  // A complete shard's tensors keep their places — FP8 export's `scale_of` indices point at them,
-  // and a scale in a shard still to write is computed from its weight — but have nothing left to
-  // write: the executor makes no items for a tensor of 0 bytes.
-  for (auto& p : all.tensors)
-    if (found[p.shard] != Found::No) {
-      all.output_bytes -= p.nbytes;
-      p.nbytes = 0;
-    }
+  // A resumed run writes the tensors of the shards still to write: a selection of the plan.
+  const Plan all = merged(targets);
+  std::vector<bool> selected(all.tensors.size());
+  for (size_t i = 0; i < all.tensors.size(); ++i) selected[i] = found[all.tensors[i].shard] == Found::No;
 
   const auto t1 = Clock::now();
-  sum.exec = run_plan(all, writers, opt);
+  sum.exec = run_plan(all, writers, opt, std::move(selected));
   // Everything else is staged before the first shard is published, so that what can fail has
   // failed while nothing is under a final name; each index, published last, marks completion.
   std::vector<std::pair<std::vector<StagedFile>, std::optional<StagedFile>>> staged;

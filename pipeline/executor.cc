@@ -30,6 +30,7 @@ struct Item {
   uint8_t* buffer = nullptr;
   ItemInputs* inputs = nullptr;  // pread: the staged input bytes
   std::atomic<uint32_t>* segment_left = nullptr;  // items of this item's segment not yet written
+  ScaleRange scales;  // FP8 export: the scale tensor's elements this item computed, after the codes
 };
 
 // Reusable output buffers: allocated on first use, then recycled, so the hot path never touches
@@ -132,18 +133,35 @@ bool any_transposed(const PlannedTensor& t) {
   return false;
 }
 
+// A copy's items are runs of whole bytes: F4 and F6 elements share bytes, so a copy of them is
+// cut only where a byte starts (every 2 F4 or 4 F6 elements); it needs no rows.
+uint64_t copy_item_elems(DType t, uint64_t chunk_bytes) {
+  const uint64_t group = whole_byte_elems(t);
+  return std::max<uint64_t>(1, chunk_bytes / elements_bytes(t, group)) * group;
+}
+
 // Output elements per item: whole rows where a row fits in a chunk (transposed pieces need whole
 // rows), otherwise slices of a row aligned to the scale blocks.
 uint64_t item_elems(const PlannedTensor& t, uint64_t chunk_bytes) {
+  if (t.is_copy()) return copy_item_elems(t.out.dtype, chunk_bytes);
   const uint64_t elems = std::max<uint64_t>(1, chunk_bytes / dtype_size(t.out.dtype));
-  if (t.is_copy()) return elems;
-  if (t.scale_of >= 0) return t.rows * t.row_len;  // scales are small: one item computes them all
-  if (t.quantize == QuantizeMode::Real && t.qscheme == ScaleScheme::Block)  // whole 128-row bands
+  if (t.quantize != QuantizeMode::None && t.qscheme == ScaleScheme::Block)  // whole 128-row bands
     return std::max<uint64_t>(1, elems / (128 * t.row_len)) * 128 * t.row_len;
   const uint64_t len = std::max<uint64_t>(1, t.row_len);
   if (len <= elems || any_transposed(t) || t.quantize != QuantizeMode::None) return std::max<uint64_t>(1, elems / len) * len;
   const uint64_t bc = t.pieces[0].scale.info ? t.pieces[0].scheme.block_cols : 1;
   return bc <= elems ? elems / bc * bc : elems;
+}
+
+bool is_selected(const std::vector<bool>& selected, int64_t i) {
+  return i >= 0 && (selected.empty() || selected[static_cast<size_t>(i)]);
+}
+
+// Scale tensors of FP8 export are written by their weight's items, which run when either of the
+// two is selected.
+bool has_items(const Plan& plan, const std::vector<bool>& selected, size_t i) {
+  if (plan.tensors[i].scale_of >= 0) return false;
+  return is_selected(selected, static_cast<int64_t>(i)) || is_selected(selected, scale_tensor_of(plan, i));
 }
 
 // Cuts the plan into items, in each shard's tensor order. A write into a file holds that file's
@@ -153,9 +171,10 @@ uint64_t item_elems(const PlannedTensor& t, uint64_t chunk_bytes) {
 // thread gets plain plan order.
 class ItemSource {
  public:
-  ItemSource(const Plan& plan, uint64_t chunk_bytes, unsigned lanes)
+  ItemSource(const Plan& plan, const std::vector<bool>& selected, uint64_t chunk_bytes, unsigned lanes)
       : plan_(plan), chunk_bytes_(chunk_bytes), lanes_(std::max(1u, lanes)) {
     for (uint32_t i = 0; i < plan.tensors.size(); ++i) {
+      if (!has_items(plan, selected, i)) continue;
       const uint32_t shard = plan.tensors[i].shard;
       if (shard >= shards_.size()) shards_.resize(shard + 1);
       shards_[shard].tensors.push_back(i);
@@ -187,7 +206,7 @@ class ItemSource {
   bool deal(Stream& s, Item& it) {
     for (; s.pos < s.tensors.size(); ++s.pos, s.elem = 0) {
       const PlannedTensor& t = plan_.tensors[s.tensors[s.pos]];
-      const uint64_t n = t.nbytes / dtype_size(t.out.dtype);
+      const uint64_t n = bytes_elements(t.out.dtype, t.nbytes);  // 0 bytes (a resumed shard's): no items
       if (s.elem >= n) continue;
       const uint64_t step = item_elems(t, chunk_bytes_);
       const uint64_t seg_elems = (t.segment_rows ? t.segment_rows : t.rows) * t.row_len;
@@ -213,13 +232,34 @@ class ItemSource {
   std::deque<std::atomic<uint32_t>> segment_left_;  // stable addresses as it grows
 };
 
+// The bytes an item's buffer must hold: its largest output run, then (FP8 export) the scales it
+// computes. Usually one chunk; more where a tensor's items must hold whole rows or bands longer
+// than a chunk, so that no item ever writes past its buffer.
+uint64_t item_buffer_bytes(const Plan& plan, uint64_t chunk_bytes, uint64_t& scales_at) {
+  uint64_t out = chunk_bytes, side = 0;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& t = plan.tensors[i];
+    const uint64_t n = t.rows * t.row_len;
+    if (t.scale_of >= 0 || n == 0) continue;
+    const uint64_t step = std::min(n, item_elems(t, chunk_bytes));
+    out = std::max(out, elements_bytes(t.out.dtype, step));
+    const int64_t sc = scale_tensor_of(plan, i);
+    if (sc < 0) continue;
+    const ScaleRange r = scale_elements(t, 0, step);
+    side = std::max(side, (r.last - r.first) * dtype_size(plan.tensors[static_cast<size_t>(sc)].out.dtype));
+  }
+  scales_at = (out + 63) / 64 * 64;
+  return scales_at + side;
+}
+
 // Drops input pages once consumed so that the resident set follows the items in flight, not the
 // bytes converted so far. Untransposed pieces release the input rows an item read; transposed ones
 // read whole input regions, released when the segment's last item is written.
 void release_rows(const Piece& p, uint64_t in_r0, uint64_t in_r1) {
-  const uint64_t es = dtype_size(p.input.info->dtype);
+  const DType in = p.input.info->dtype;
   const auto& f = *p.input.file;
-  f.map().release(f.file_offset(*p.input.info) + in_r0 * p.in_cols * es, (in_r1 - in_r0) * p.in_cols * es);
+  const uint64_t at = elements_bytes(in, in_r0 * p.in_cols);  // rows of sub-byte copies: rounded down
+  f.map().release(f.file_offset(*p.input.info) + at, elements_bytes(in, in_r1 * p.in_cols) - at);
   if (!p.scale.info) return;
   const DequantScheme& d = p.scheme;
   const auto& sf = *p.scale.file;
@@ -244,6 +284,18 @@ void release_item(const PlannedTensor& t, uint64_t first, uint64_t last, bool se
   }
 }
 
+// Writes the scales an FP8 export item computed into the weight's scale tensor, if selected;
+// returns the bytes written.
+uint64_t write_scales(const Plan& plan, const std::vector<bool>& selected,
+                      const std::vector<std::unique_ptr<ShardSink>>& writers, const Item& it, const uint8_t* bytes) {
+  const int64_t sc = scale_tensor_of(plan, it.tensor);
+  if (!is_selected(selected, sc) || it.scales.first == it.scales.last) return 0;
+  const PlannedTensor& s = plan.tensors[static_cast<size_t>(sc)];
+  const uint64_t es = dtype_size(s.out.dtype), len = (it.scales.last - it.scales.first) * es;
+  writers[s.shard]->write(s.offset + it.scales.first * es, bytes, len);
+  return len;
+}
+
 }  // namespace
 
 void size_pipeline(uint64_t budget, unsigned threads, uint64_t& chunk_bytes, uint64_t& items) {
@@ -260,10 +312,11 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
   stats.threads = opt.threads ? opt.threads : static_cast<unsigned>(oneapi::tbb::info::default_concurrency());
   size_pipeline(opt.memory_budget, stats.threads, stats.chunk_bytes, stats.buffers);
 
-  BufferPool pool(stats.chunk_bytes);
+  uint64_t scales_at = 0;
+  BufferPool pool(item_buffer_bytes(plan, stats.chunk_bytes, scales_at));
   InputsPool staging;
   const bool pread = opt.io == IoMode::Pread;
-  AmaxCache amax(plan.tensors.size());
+  AmaxCache amax(plan.tensors.size(), opt.io);
   std::atomic<uint64_t> read_ns{0}, transform_ns{0}, write_ns{0}, items{0};
   std::atomic<bool> failed{false};
   std::exception_ptr first_error;
@@ -274,7 +327,7 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
     failed = true;
   };
 
-  ItemSource items_of(plan, stats.chunk_bytes, stats.threads);
+  ItemSource items_of(plan, opt.selected, stats.chunk_bytes, stats.threads);
   oneapi::tbb::task_arena arena(static_cast<int>(stats.threads));
   arena.execute([&] {
     flow::graph g;
@@ -291,9 +344,7 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
       if (pread) {
         it.inputs = staging.acquire();
         try {
-          // FP8 export's scale tensors read their weight themselves (produce.cc).
-          if (t.scale_of < 0) it.inputs->stage(t, it.first, it.last);
-          else it.inputs->unstage();
+          it.inputs->stage(t, it.first, it.last);
         } catch (...) {
           record(std::current_exception());
         }
@@ -301,12 +352,12 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
       }
       for (const Piece& p : t.pieces) {  // read-ahead for the rows this item starts with
         if (p.transpose) continue;
-        const uint64_t es = dtype_size(p.input.info->dtype);
+        const DType in = p.input.info->dtype;
         const uint64_t r0 = it.first / t.row_len;
         if (r0 < p.out_row0 || r0 >= p.out_row0 + p.rows) continue;
         p.input.file->map().prefetch(p.input.file->file_offset(*p.input.info) +
-                                         (p.in_row0 + r0 - p.out_row0) * p.in_cols * es,
-                                     (it.last - it.first) * es);
+                                         elements_bytes(in, (p.in_row0 + r0 - p.out_row0) * p.in_cols),
+                                     elements_bytes(in, it.last - it.first));
       }
       return it;
     });
@@ -316,12 +367,11 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
       StageTimer timer{transform_ns};
       try {
         thread_local Scratch scratch;
-        scratch.io = opt.io;
         const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
         it.buffer = pool.acquire();
         if (t.quantize != QuantizeMode::None)
-          produce_quantized(plan, it.tensor, it.first, it.last, it.buffer, scratch, amax,
-                            stats.chunk_bytes / sizeof(float), in);
+          it.scales = produce_quantized(plan, it.tensor, it.first, it.last, it.buffer, it.buffer + scales_at, scratch,
+                                        amax, in);
         else
           produce(t, t.out.dtype, it.first, it.last, it.buffer, scratch, in);
       } catch (...) {
@@ -334,20 +384,26 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
       if (!failed) {
         StageTimer timer{write_ns};
         try {
-          const uint64_t es = dtype_size(t.out.dtype);
-          const uint64_t len = (it.last - it.first) * es;
+          // Items start and end on whole bytes (copy_item_elems), sub-byte dtypes too.
+          const uint64_t at = elements_bytes(t.out.dtype, it.first);
+          const uint64_t len = elements_bytes(t.out.dtype, it.last) - at;
           if (MappedFile::any_fault()) check_item_inputs(t, false);  // before the bytes leave
           const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
           const uint8_t* bytes = it.buffer ? it.buffer : in.copy_bytes(t, it.first);
+          uint64_t written = 0;
           try {
-            writers[t.shard]->write(t.offset + it.first * es, bytes, len);
+            if (is_selected(opt.selected, it.tensor)) {
+              writers[t.shard]->write(t.offset + at, bytes, len);
+              written += len;
+            }
+            written += write_scales(plan, opt.selected, writers, it, it.buffer + scales_at);
           } catch (const Error&) {
             check_item_inputs(t, true);
             throw;
           }
           const bool segment_done = it.segment_left->fetch_sub(1) == 1;
           if (!pread) release_item(t, it.first, it.last, segment_done);
-          if (opt.progress) *opt.progress += len;
+          if (opt.progress) *opt.progress += written;
           ++items;
         } catch (...) {
           record(std::current_exception());

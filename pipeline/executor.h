@@ -30,6 +30,9 @@ struct ExecOptions {
   uint64_t memory_budget = 1ull << 30;  // bytes of input + output held by items in flight
   IoMode io = IoMode::Mmap;
   std::atomic<uint64_t>* progress = nullptr;  // output bytes written so far, if wanted
+  // The plan's tensors to write, by index (empty: all). Unselected tensors are not written, and
+  // read only where a selected one needs them (an FP8 export's scales come from its weight).
+  std::vector<bool> selected;
 };
 
 struct ExecStats {

@@ -33,6 +33,14 @@ const TensorRef& require_scale(const Checkpoint& ck, const TensorRef& t) {
   return *scale;
 }
 
+// What a planned tensor would have to do to its input `p`, in words, for errors.
+std::string transform_of(const PlannedTensor& t, const Piece& p) {
+  if (t.quantize != QuantizeMode::None) return "quantized to FP8";
+  if (p.transpose) return "transposed (grouped or split experts)";
+  if (p.input.info->dtype != t.out.dtype) return fmt::format("cast to {}", dtype_name(t.out.dtype));
+  return "assembled from pieces";
+}
+
 // The input as a matrix: rows = shape[0] (1 for a scalar), cols = the product of the rest.
 void matrix_of(const TensorInfo& t, uint64_t& rows, uint64_t& cols) {
   rows = t.shape.empty() ? 1 : t.shape[0];
@@ -48,6 +56,7 @@ void plan_dequant(const Checkpoint& ck, const PlanOptions& opt, Plan& plan) {
   std::vector<const TensorRef*> scale_of(ck.tensors().size(), nullptr);
   for (size_t i = 0; i < ck.tensors().size(); ++i) {
     const TensorRef& t = ck.tensors()[i];
+    refuse_scaled_copy_only(ck, t);
     if (!is_fp8_weight(t.info->dtype)) continue;
     scale_of[i] = &require_scale(ck, t);
     consumed.insert(scale_of[i]->name());
@@ -91,6 +100,15 @@ bool PlannedTensor::is_copy() const {
          pieces[0].input.info->dtype == out.dtype && pieces[0].rows * pieces[0].cols == rows * row_len;
 }
 
+void refuse_scaled_copy_only(const Checkpoint& ck, const TensorRef& t) {
+  if (!is_copy_only(t.info->dtype)) return;
+  const std::string scale_name = t.name() + std::string(kScaleSuffix);
+  if (ck.find(scale_name))
+    fail_input("{}: tensor '{}' is {} with a scale '{}', but ckptconv cannot dequantize {}; refusing to write "
+               "quantized bytes apart from their scale",
+               file_of(t), t.name(), dtype_name(t.info->dtype), scale_name, dtype_name(t.info->dtype));
+}
+
 PlannedTensor whole_tensor(std::string name, const TensorRef& input, DType dtype) {
   PlannedTensor t;
   t.out = {std::move(name), dtype, input.info->shape};
@@ -130,6 +148,11 @@ Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
     // into a floating-point output (grouped experts, an F32 upcast, FP8 export, which computes
     // in F32) would otherwise stop the run half-way with an internal error.
     const DType target = t.quantize != QuantizeMode::None && t.scale_of < 0 ? DType::F32 : t.out.dtype;
+    // No kernel reads a copy-only dtype (F4, F6, FNUZ, C64), not even to transpose it.
+    for (const auto& p : t.pieces)
+      if (is_copy_only(p.input.info->dtype) && (!t.is_copy() || t.quantize != QuantizeMode::None))
+        fail_input("{}: tensor '{}' is {}, which ckptconv can only copy unchanged, but '{}' needs it {}",
+                   file_of(p.input), p.input.name(), dtype_name(p.input.info->dtype), t.out.name, transform_of(t, p));
     for (const auto& p : t.pieces)
       if (!p.scale.info && !castable(p.input.info->dtype, target))
         fail_input("{}: tensor '{}' is {}, which cannot be converted to {} for '{}'", file_of(p.input),
@@ -142,8 +165,15 @@ Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
         if (i && read.insert(i).second) plan.input_bytes += i->nbytes();
   }
   if (plan.tensors.empty()) fail_input("{}: nothing to write: the checkpoint has no tensors", ck.dir().string());
+  plan.metadata = ck.metadata();
+  plan.metadata.erase("format");  // the output's is always "pt"
   assign_shards(plan, opt.max_shard_size);
   return plan;
+}
+
+int64_t scale_tensor_of(const Plan& plan, size_t i) {
+  const bool paired = i + 1 < plan.tensors.size() && plan.tensors[i + 1].scale_of == static_cast<int64_t>(i);
+  return paired ? static_cast<int64_t>(i + 1) : -1;
 }
 
 void ep_range(uint32_t experts, uint32_t rank, uint32_t size, uint32_t& first, uint32_t& last) {
@@ -169,7 +199,7 @@ void assign_shards(Plan& plan, uint64_t max_shard_size) {
     std::vector<OutTensor> outs;
     outs.reserve(groups[s].size());
     for (size_t i : groups[s]) outs.push_back(plan.tensors[i].out);
-    plan.shards.push_back(layout_shard(shard_file_name(s, groups.size()), std::move(outs)));
+    plan.shards.push_back(layout_shard(shard_file_name(s, groups.size()), std::move(outs), plan.metadata));
     for (size_t k = 0; k < groups[s].size(); ++k) {
       PlannedTensor& t = plan.tensors[groups[s][k]];
       t.shard = static_cast<uint32_t>(s);

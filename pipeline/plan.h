@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -52,7 +53,8 @@ struct PlannedTensor {
   // released when its last item is written. Grouped experts use one segment per expert slot.
   uint64_t segment_rows = 0;       // 0: the whole tensor is one segment
   // FP8 export (--to hf --quantize): this tensor holds the e4m3 codes of its pieces' values, or
-  // — with `scale_of` — the scales of the planned tensor at that index, in `qscheme`.
+  // — with `scale_of` — the scales of the planned tensor at that index, in `qscheme`. A weight's
+  // scale tensor is planned right after it (scale_tensor_of).
   QuantizeMode quantize = QuantizeMode::None;
   ScaleScheme qscheme = ScaleScheme::Block;
   int64_t scale_of = -1;
@@ -72,6 +74,8 @@ struct Plan {
   uint64_t dequantized = 0;            // tensors dequantized
   uint64_t quantized = 0;              // tensors written as FP8 (hf --quantize)
   std::optional<ScaleScheme> export_scheme;  // set when FP8 was exported
+  // What every shard's "__metadata__" holds besides "format": "pt": the input's own entries.
+  std::map<std::string, std::string> metadata;
 };
 
 enum class MtpMode : uint8_t { Auto, On, Off };
@@ -87,6 +91,9 @@ struct PlanOptions {
   QuantizeMode quantize = QuantizeMode::None;  // hf: FP8 export of the family's FP8 keys
 };
 
+// The index of the `_scale_inv` tensor that FP8 export writes for weight `i`, or -1.
+int64_t scale_tensor_of(const Plan& plan, size_t i);
+
 // Expert parallelism's range rule (SPEC §3): rank r of n holds experts [first, last).
 void ep_range(uint32_t experts, uint32_t rank, uint32_t size, uint32_t& first, uint32_t& last);
 
@@ -101,6 +108,11 @@ void plan_hf(const Checkpoint& ck, const PlanOptions& options, Plan& plan);
 
 Plan make_plan(const Checkpoint& ckpt, const PlanOptions& options);
 
+// In a run that dequantizes (and consumes `_scale_inv` tensors): refuses, exit 3, a tensor of a
+// copy-only dtype (F8_E4M3FNUZ, F4, …) that has a `_scale_inv` partner — it would need
+// dequantizing, and copying it while its scale is consumed would write FP8 bytes without it.
+void refuse_scaled_copy_only(const Checkpoint& ck, const TensorRef& t);
+
 // A whole input tensor as the only piece of an output of the same shape in `dtype`.
 PlannedTensor whole_tensor(std::string name, const TensorRef& input, DType dtype);
 // The same, dequantized under `scale`.
@@ -108,7 +120,8 @@ PlannedTensor dequantized_tensor(std::string name, const TensorRef& weight, cons
                                  const DequantScheme& scheme, DType dtype);
 
 // Splits planned tensors into shards in order, each at most `max_shard_size` tensor bytes unless
-// one tensor alone is larger, and fills in shard, offset and the shard layouts.
+// one tensor alone is larger, and fills in shard, offset and the shard layouts (with the plan's
+// metadata).
 void assign_shards(Plan& plan, uint64_t max_shard_size);
 
 // "5GB" (10^9), "512MiB" (2^20), "1.5G", "4096": bytes. Throws a usage error on anything else.

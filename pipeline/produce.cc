@@ -1,5 +1,10 @@
 #include "pipeline/produce.h"
 
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/collaborative_call_once.h>
+#include <oneapi/tbb/enumerable_thread_specific.h>
+#include <oneapi/tbb/parallel_reduce.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -39,17 +44,19 @@ const float* values_of(const PlannedTensor& w, uint64_t first, uint64_t last, Sc
   return s.values.data();
 }
 
-// float32 values of `w`'s rows [r0, r1) into s.values.
-const float* weight_rows(const PlannedTensor& w, uint64_t r0, uint64_t r1, Scratch& s) {
-  return values_of(w, r0 * w.row_len, r1 * w.row_len, s);
-}
-
 // Block (128x128) amax of rows [0, n) × columns [c0, c1) of a row-major float matrix.
 float band_amax(const float* v, uint64_t n, uint64_t len, uint64_t c0, uint64_t c1) {
   float amax = 0.0f;
   for (uint64_t r = 0; r < n; ++r) amax = abs_max(v + r * len + c0, c1 - c0, amax);
   return amax;
 }
+
+uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+
+// Weight rows converted to float32 at a time (8 MiB): enough that the transposed reads of split
+// experts take long runs of each input row (a narrow band would touch a new page per row).
+constexpr uint64_t kValueElems = 2u << 20;
+uint64_t value_rows(const PlannedTensor& t) { return std::max<uint64_t>(1, kValueElems / t.row_len); }
 
 }  // namespace
 
@@ -91,107 +98,143 @@ void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, ui
   }
 }
 
-float AmaxCache::get(const Plan& plan, size_t i, uint64_t chunk_elems, Scratch& s) {
-  std::call_once(once_[i], [&] {
-    const PlannedTensor& t = plan.tensors[i];
-    const uint64_t n = t.rows * t.row_len;
-    const uint64_t step = std::max<uint64_t>(1, chunk_elems / t.row_len) * t.row_len;
-    float amax = 0.0f;
-    for (uint64_t e = 0; e < n; e += step) {
-      const uint64_t last = std::min(n, e + step);
-      amax = abs_max(values_of(t, e, last, s), last - e, amax);
+ScaleRange scale_elements(const PlannedTensor& w, uint64_t first, uint64_t last) {
+  const uint64_t len = w.row_len;
+  switch (w.qscheme) {
+    case ScaleScheme::PerTensor: return first == 0 ? ScaleRange{0, 1} : ScaleRange{};
+    case ScaleScheme::Mx: {
+      const uint64_t groups = ceil_div(len, kMxBlock);
+      return {first / len * groups, ceil_div(last, len) * groups};
     }
-    value_[i] = amax;
+    case ScaleScheme::Block: {
+      const uint64_t groups = ceil_div(len, 128);
+      return {first / (128 * len) * groups, ceil_div(ceil_div(last, len), 128) * groups};
+    }
+  }
+  return {};
+}
+
+float AmaxCache::get(const Plan& plan, size_t i) {
+  oneapi::tbb::collaborative_call_once(once_[i], [&] {
+    // The first pass of a per-tensor export: the tensor's amax, over row bands in parallel; the
+    // threads of other items that need it join in rather than wait.
+    const PlannedTensor& t = plan.tensors[i];
+    const uint64_t step = value_rows(t), len = t.row_len;
+    oneapi::tbb::enumerable_thread_specific<Scratch> scratch([this] {
+      Scratch s;
+      s.io = io_;
+      return s;
+    });
+    value_[i] = oneapi::tbb::parallel_reduce(
+        oneapi::tbb::blocked_range<uint64_t>(0, ceil_div(t.rows, step)), 0.0f,
+        [&](const oneapi::tbb::blocked_range<uint64_t>& bands, float amax) {
+          Scratch& s = scratch.local();
+          for (uint64_t b = bands.begin(); b < bands.end(); ++b) {
+            const uint64_t r0 = b * step, r1 = std::min(t.rows, r0 + step);
+            amax = abs_max(values_of(t, r0 * len, r1 * len, s), (r1 - r0) * len, amax);
+          }
+          return amax;
+        },
+        [](float a, float b) { return std::max(a, b); });
   });
   return value_[i];
 }
 
-// FP8 export of one item: e4m3 codes of the weight's values (t.scale_of < 0), or the scales
-// (t.scale_of >= 0). Both sides derive each scale from the same float32 values, so the codes and
-// the scale grid written in different items agree.
-void produce_quantized(const Plan& plan, size_t index, uint64_t first, uint64_t last, uint8_t* out, Scratch& s,
-                       AmaxCache& amax, uint64_t chunk_elems, const ItemInputs& in) {
-  const PlannedTensor& t = plan.tensors[index];
-  const bool real = t.quantize == QuantizeMode::Real;
-  if (t.scale_of >= 0) {
-    const PlannedTensor& w = plan.tensors[static_cast<size_t>(t.scale_of)];
-    switch (t.qscheme) {
-      case ScaleScheme::PerTensor: {
-        if (!real) {  // a BF16 1.0
-          out[0] = 0x80;
-          out[1] = 0x3F;
-          return;
-        }
-        const float sc = fp8_block_scale(amax.get(plan, static_cast<size_t>(t.scale_of), chunk_elems, s));
-        std::memcpy(out, &sc, 4);
-        return;
-      }
-      case ScaleScheme::Block: {
-        auto* o = reinterpret_cast<float*>(out);
-        for (uint64_t g = first; g < last; ++g) o[g - first] = 1.0f;
-        if (!real) return;
-        for (uint64_t gr = first / t.row_len; gr * t.row_len < last; ++gr) {
-          const uint64_t r0 = gr * 128, r1 = std::min(w.rows, r0 + 128);
-          const float* v = weight_rows(w, r0, r1, s);
-          for (uint64_t gc = 0; gc < t.row_len; ++gc)
-            o[gr * t.row_len + gc - first] =
-                fp8_block_scale(band_amax(v, r1 - r0, w.row_len, gc * 128, std::min(w.row_len, gc * 128 + 128)));
-        }
-        return;
-      }
-      case ScaleScheme::Mx: {
-        if (!real) {
-          std::memset(out, 127, last - first);
-          return;
-        }
-        for (uint64_t r = first / t.row_len; r * t.row_len < last; ++r) {
-          const float* v = weight_rows(w, r, r + 1, s);
-          for (uint64_t gc = 0; gc < t.row_len; ++gc) {
-            const uint64_t c0 = gc * kMxBlock, c1 = std::min(w.row_len, c0 + kMxBlock);
-            out[r * t.row_len + gc - first] = mx_scale_byte(abs_max(v + c0, c1 - c0));
-          }
-        }
-        return;
+namespace {
+
+// Block 128x128: each 128-row band's float32 values once, then per column block its amax, scale
+// and codes from those same values (in cache).
+void quantize_block(const PlannedTensor& w, uint64_t first, uint64_t last, bool real, uint8_t* codes,
+                    float* scales, Scratch& s, const ItemInputs& in) {
+  const uint64_t len = w.row_len, groups = ceil_div(len, 128);
+  const uint64_t span = std::max<uint64_t>(1, value_rows(w) / 128) * 128;  // whole bands at a time
+  for (uint64_t r0 = first / len; r0 * len < last; r0 += span) {
+    const uint64_t rows = std::min(span, last / len - r0);
+    const uint64_t e0 = r0 * len, n = rows * len;
+    s.values.resize(n);
+    produce(w, DType::F32, e0, e0 + n, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
+    uint8_t* out = codes + (e0 - first);
+    if (!real) {
+      cast_span_torch(s.values.data(), n, out);
+      std::fill_n(scales, ceil_div(rows, 128) * groups, 1.0f);
+      scales += ceil_div(rows, 128) * groups;
+      continue;
+    }
+    for (uint64_t b = 0; b < rows; b += 128) {
+      const uint64_t band = std::min<uint64_t>(128, rows - b);
+      const float* v = s.values.data() + b * len;
+      for (uint64_t g = 0; g < groups; ++g) {
+        const uint64_t c0 = g * 128, c1 = std::min(len, c0 + 128);
+        const float sc = fp8_block_scale(band_amax(v, band, len, c0, c1));
+        for (uint64_t r = 0; r < band; ++r) quantize_span(v + r * len + c0, c1 - c0, sc, out + (b + r) * len + c0);
+        *scales++ = sc;
       }
     }
-    return;
   }
-  // A per-tensor scale first: computing it streams the tensor through s.values.
-  const float tensor_scale =
-      real && t.qscheme == ScaleScheme::PerTensor ? fp8_block_scale(amax.get(plan, index, chunk_elems, s)) : 0.0f;
-  const uint64_t n = last - first;
-  s.values.resize(n);
-  produce(t, DType::F32, first, last, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
-  const float* v = s.values.data();
-  if (!real) {
-    cast_span_torch(v, n, out);
-    return;
-  }
-  const uint64_t len = t.row_len;
-  switch (t.qscheme) {
-    case ScaleScheme::PerTensor:
-      quantize_span(v, n, tensor_scale, out);
-      return;
-    case ScaleScheme::Mx:  // items hold whole rows
-      for (uint64_t r = 0; r * len < n; ++r)
-        for (uint64_t c0 = 0; c0 < len; c0 += kMxBlock) {
-          const uint64_t c1 = std::min(len, c0 + kMxBlock);
-          const float* x = v + r * len + c0;
-          quantize_span(x, c1 - c0, e8m0_to_float(mx_scale_byte(abs_max(x, c1 - c0))), out + r * len + c0);
-        }
-      return;
-    case ScaleScheme::Block:  // items hold whole 128-row bands
-      for (uint64_t b0 = 0; b0 * len < n; b0 += 128) {
-        const uint64_t rows = std::min<uint64_t>(128, n / len - b0);
-        for (uint64_t c0 = 0; c0 < len; c0 += 128) {
-          const uint64_t c1 = std::min(len, c0 + 128);
-          const float sc = fp8_block_scale(band_amax(v + b0 * len, rows, len, c0, c1));
-          for (uint64_t r = 0; r < rows; ++r)
-            quantize_span(v + (b0 + r) * len + c0, c1 - c0, sc, out + (b0 + r) * len + c0);
-        }
+}
+
+// MXFP8 1x32: rows in groups; each 32-element run's exponent from its own values.
+void quantize_mx(const PlannedTensor& w, uint64_t first, uint64_t last, bool real, uint8_t* codes,
+                 uint8_t* scales, Scratch& s, const ItemInputs& in) {
+  const uint64_t len = w.row_len, step = value_rows(w) * len;
+  for (uint64_t e0 = first; e0 < last; e0 += step) {
+    const uint64_t n = std::min(step, last - e0);
+    s.values.resize(n);
+    produce(w, DType::F32, e0, e0 + n, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
+    const float* v = s.values.data();
+    uint8_t* out = codes + (e0 - first);
+    uint8_t* sc = scales + (e0 - first) / len * ceil_div(len, kMxBlock);
+    if (!real) {
+      cast_span_torch(v, n, out);
+      std::fill_n(sc, n / len * ceil_div(len, kMxBlock), uint8_t{127});
+      continue;
+    }
+    for (uint64_t r = 0; r < n; r += len)
+      for (uint64_t c0 = 0; c0 < len; c0 += kMxBlock) {
+        const uint64_t c1 = std::min(len, c0 + kMxBlock);
+        const uint8_t e = mx_scale_byte(abs_max(v + r + c0, c1 - c0));
+        quantize_span(v + r + c0, c1 - c0, e8m0_to_float(e), out + r + c0);
+        *sc++ = e;
       }
-      return;
   }
+}
+
+// Per-tensor: the tensor's amax (the cache's pass, shared by all its items), then the codes.
+void quantize_per_tensor(const Plan& plan, size_t index, uint64_t first, uint64_t last, bool real,
+                         uint8_t* codes, uint8_t* scale, Scratch& s, AmaxCache& amax, const ItemInputs& in) {
+  const PlannedTensor& w = plan.tensors[index];
+  const float sc = real ? fp8_block_scale(amax.get(plan, index)) : 1.0f;
+  const uint64_t step = value_rows(w) * w.row_len;
+  for (uint64_t e0 = first; e0 < last; e0 += step) {
+    const uint64_t n = std::min(step, last - e0);
+    s.values.resize(n);
+    produce(w, DType::F32, e0, e0 + n, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
+    if (real) quantize_span(s.values.data(), n, sc, codes + (e0 - first));
+    else cast_span_torch(s.values.data(), n, codes + (e0 - first));
+  }
+  if (first != 0) return;
+  if (real) {
+    std::memcpy(scale, &sc, 4);
+  } else {  // a BF16 1.0
+    scale[0] = 0x80;
+    scale[1] = 0x3F;
+  }
+}
+
+}  // namespace
+
+ScaleRange produce_quantized(const Plan& plan, size_t index, uint64_t first, uint64_t last, uint8_t* codes,
+                             uint8_t* scales, Scratch& s, AmaxCache& amax, const ItemInputs& in) {
+  const PlannedTensor& w = plan.tensors[index];
+  const bool real = w.quantize == QuantizeMode::Real;
+  switch (w.qscheme) {
+    case ScaleScheme::Block:
+      quantize_block(w, first, last, real, codes, reinterpret_cast<float*>(scales), s, in);
+      break;
+    case ScaleScheme::Mx: quantize_mx(w, first, last, real, codes, scales, s, in); break;
+    case ScaleScheme::PerTensor: quantize_per_tensor(plan, index, first, last, real, codes, scales, s, amax, in); break;
+  }
+  return scale_elements(w, first, last);
 }
 
 }  // namespace ckpt

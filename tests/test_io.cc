@@ -113,8 +113,8 @@ TEST_CASE("io: a per-tensor FP8 export quantizes alike whatever the amax chunkin
     fs::remove(path);  // the map of `ck` keeps the old inode
     test::write_bytes(path, file);
   }
-  // The weight's item first, with a fresh cache (in a conversion the scale's item may come first
-  // and compute the amax, which hid the bug): four amax chunks against one.
+  // The amax pass (64K-element row groups) spans the weight many times; the weight is produced
+  // whole, and as four items of which the last computes the amax (a fresh cache each time).
   const Checkpoint ck = Checkpoint::open(dir / "native");
   PlanOptions po;
   po.direction = Direction::Hf;
@@ -126,10 +126,17 @@ TEST_CASE("io: a per-tensor FP8 export quantizes alike whatever the amax chunkin
   const uint64_t n = plan.tensors[w].rows * plan.tensors[w].row_len;
   REQUIRE(n == 1u << 20);
   std::vector<uint8_t> chunked(n), whole(n);
+  float scale_whole = 0, scale_chunked = 0;
   Scratch s1, s2;
-  AmaxCache a1(plan.tensors.size()), a2(plan.tensors.size());
-  produce_quantized(plan, w, 0, n, chunked.data(), s1, a1, n / 4, ItemInputs{});
-  produce_quantized(plan, w, 0, n, whole.data(), s2, a2, n, ItemInputs{});
+  AmaxCache a1(plan.tensors.size(), IoMode::Mmap), a2(plan.tensors.size(), IoMode::Mmap);
+  for (uint64_t q = 4; q-- > 0;) {
+    const ScaleRange r = produce_quantized(plan, w, q * n / 4, (q + 1) * n / 4, chunked.data() + q * n / 4,
+                                           reinterpret_cast<uint8_t*>(&scale_chunked), s1, a1, ItemInputs{});
+    CHECK(r.last - r.first == (q == 0 ? 1u : 0u));  // the item that starts the tensor writes its scale
+  }
+  produce_quantized(plan, w, 0, n, whole.data(), reinterpret_cast<uint8_t*>(&scale_whole), s2, a2, ItemInputs{});
+  CHECK(scale_whole > 0);
+  CHECK(scale_chunked == scale_whole);
   CHECK(chunked == whole);
 }
 

@@ -21,6 +21,7 @@
 
 #include "formats/checkpoint.h"
 #include "transforms/fp8.h"
+#include "transforms/kernels.h"
 #include "transforms/quantize.h"
 #include "transforms/scheme.h"
 
@@ -169,8 +170,6 @@ TEST_CASE("export scales: hand-computed values", "[quantize]") {
   CHECK(fp8_block_scale(1.75f) == std::ldexp(1.0f, -8));           // 7/4 / (7*64)
   CHECK(bits(fp8_block_scale(1.0f)) == bits(1.0f / 448.0f));       // rounded once in float32
   CHECK(bits(fp8_block_scale(1.0f)) == 0x3B124925u);               // 0x1.249249p-9 rounded
-  CHECK(std::isinf(fp8_block_scale(std::numeric_limits<float>::infinity())));
-  CHECK(std::isnan(fp8_block_scale(std::numeric_limits<float>::quiet_NaN())));
 
   CHECK(mx_scale_byte(0.0f) == 127);
   CHECK(mx_scale_byte(1.0f) == 119);                        // 0 - 8 + 127
@@ -183,8 +182,6 @@ TEST_CASE("export scales: hand-computed values", "[quantize]") {
   CHECK(mx_scale_byte(std::ldexp(1.0f, -120)) == 0);        // clamped
   CHECK(mx_scale_byte(from_bits(1)) == 0);                  // float32 subnormal, clamped
   CHECK(mx_scale_byte(std::numeric_limits<float>::max()) == 246);  // 127 - 8 + 127
-  CHECK(mx_scale_byte(std::numeric_limits<float>::infinity()) == 254);
-  CHECK(mx_scale_byte(std::numeric_limits<float>::quiet_NaN()) == 255);
   // Every finite power of two and its predecessor.
   for (int e = -149; e <= 127; ++e) {
     const float p = std::ldexp(1.0f, e);
@@ -200,9 +197,18 @@ TEST_CASE("export scales: hand-computed values", "[quantize]") {
   CHECK(abs_max(v, 4) == 3.0f);
   CHECK(abs_max(v, 0) == 0.0f);
   CHECK(abs_max(v, 2, 7.0f) == 7.0f);
-  const float w[] = {1.0f, std::numeric_limits<float>::quiet_NaN(), 1e30f};
-  CHECK(std::isnan(abs_max(w, 3)));
-  CHECK(std::isnan(abs_max(v, 4, std::numeric_limits<float>::quiet_NaN())));
+  // Only finite elements count (SPEC §2): NaN, -NaN and ±inf are skipped, whatever their place.
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const float w[] = {1.0f, nan, 1e30f, -inf, -nan, -2e30f, inf};
+  CHECK(abs_max(w, 7) == 2e30f);
+  CHECK(abs_max(w + 1, 1) == 0.0f);
+  const float bad[] = {nan, -inf, inf, -nan, from_bits(0x7F800001u), from_bits(0xFFFFFFFFu)};
+  CHECK(abs_max(bad, 6) == 0.0f);
+  CHECK(abs_max(bad, 6, 5.0f) == 5.0f);
+  const float big[] = {std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(), inf};
+  CHECK(abs_max(big, 3) == std::numeric_limits<float>::max());
+  const float tiny[] = {from_bits(1), -from_bits(2), nan};  // float32 subnormals next to a NaN
+  CHECK(bits(abs_max(tiny, 3)) == 2u);
 }
 
 TEST_CASE("quantize_span divides by the scale in float32", "[quantize]") {
@@ -229,9 +235,15 @@ TEST_CASE("quantize_span divides by the scale in float32", "[quantize]") {
   CHECK(codes[2] == float_to_e4m3_saturate(-300.0f));
   CHECK(codes[3] == 0x38);
   CHECK(codes[4] == 0x00);
-  // A NaN scale (a block holding a NaN) makes every code NaN.
-  quantize_span(xs, 5, fp8_block_scale(std::numeric_limits<float>::quiet_NaN()), codes);
-  for (uint8_t c : codes) CHECK((c & 0x7F) == 0x7F);
+  // Under a finite scale a NaN stays NaN with its sign, ±inf saturates, neighbours are untouched.
+  const float ns[] = {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN(),
+                      std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(), 1.0f};
+  quantize_span(ns, 5, 1.0f, codes);
+  CHECK(codes[0] == 0x7F);
+  CHECK(codes[1] == 0xFF);
+  CHECK(codes[2] == 0x7E);
+  CHECK(codes[3] == 0xFE);
+  CHECK(codes[4] == 0x38);
 
   const float ys[] = {1000.0f, -464.0f, 0.001953125f};
   uint8_t ph[3];
@@ -383,4 +395,37 @@ TEST_CASE("real quantization reproduces the reference: MXFP8 (m3)", "[quantize]"
 
 TEST_CASE("placeholder cast reproduces the reference (m3)", "[quantize]") {
   CHECK(check_case(kData / "m3/native_in", kData / "m3/hf_placeholder", Mode::Placeholder) == 64);
+}
+
+// The vector encoders and amax of every ISA this CPU has (transforms/kernels_*.cc) against the
+// scalar rules above (themselves checked against the brute-force encoder): every BF16 bit pattern
+// under scales that send values into the subnormal, normal, saturating and overflowing ranges, a
+// stride through float32 patterns, and every length up to 70 for the tails.
+TEST_CASE("FP8 export kernels of every ISA equal the scalar rules", "[quantize][kernels]") {
+  std::vector<float> x;
+  for (uint32_t b = 0; b < 0x10000; ++b) x.push_back(from_bits(b << 16));
+  for (uint64_t b = 0; b < 0x100000000ull; b += 0x10001ull * 97) x.push_back(from_bits(static_cast<uint32_t>(b)));
+  x.push_back(-std::numeric_limits<float>::max());  // the largest finite magnitude, among NaNs
+  const float scales[] = {1.0f, 1.0f / 448.0f, 0.0044642857f, 1e-30f, 3e25f, std::ldexp(1.0f, -120), 7.0f};
+  std::vector<uint8_t> want(x.size()), got(x.size());
+  for (Isa isa : supported_isas()) {
+    const KernelTable& k = *kernels_for(isa);
+    INFO("isa " << isa_name(isa));
+    for (float s : scales) {
+      INFO("scale " << s);
+      for (size_t j = 0; j < x.size(); ++j) want[j] = float_to_e4m3_saturate(x[j] / s);
+      k.quantize(x.data(), x.size(), s, got.data());
+      CHECK(got == want);
+    }
+    for (size_t n = 0; n <= 70; ++n)
+      for (size_t at = 0; at + n <= x.size(); at += 4099) {
+        std::vector<uint8_t> tail(n + 1, 0xAB);
+        k.quantize(x.data() + at, n, 0.5f, tail.data());
+        for (size_t j = 0; j < n; ++j) REQUIRE(tail[j] == float_to_e4m3_saturate(x[at + j] / 0.5f));
+        REQUIRE(tail[n] == 0xAB);  // nothing written past n
+        const float init = n % 3 == 0 ? 0.0f : 1.5f;
+        REQUIRE(bits(k.abs_max(x.data() + at, n, init)) == bits(abs_max_scalar(x.data() + at, n, init)));
+      }
+    CHECK(bits(k.abs_max(x.data(), x.size(), 0.0f)) == bits(std::numeric_limits<float>::max()));
+  }
 }

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "transforms/kernels_impl.h"
+#include "transforms/quantize.h"
 
 namespace ckpt {
 
@@ -69,6 +70,10 @@ struct ScalarLookup {
   }
 };
 
+void quantize_scalar(const float* x, size_t n, float scale, uint8_t* codes) {
+  for (size_t j = 0; j < n; ++j) codes[j] = float_to_e4m3_saturate(x[j] / scale);
+}
+
 const KernelTable kScalar{
     Isa::Scalar,
     {{detail::dequant_row<ScalarSpan<Fp8::E4M3, ToBf16>, uint16_t>,
@@ -76,7 +81,9 @@ const KernelTable kScalar{
       detail::dequant_row<ScalarSpan<Fp8::E4M3, ToF32>, float>},
      {detail::dequant_row<ScalarSpan<Fp8::E5M2, ToBf16>, uint16_t>,
       detail::dequant_row_tables<ScalarSpan<Fp8::E5M2, ToF16>, ScalarLookup>,
-      detail::dequant_row<ScalarSpan<Fp8::E5M2, ToF32>, float>}}};
+      detail::dequant_row<ScalarSpan<Fp8::E5M2, ToF32>, float>}},
+    quantize_scalar,
+    abs_max_scalar};
 
 // clang 14's __builtin_cpu_supports does not know "f16c", so CPUID leaf 1 is asked directly.
 bool cpu_has_f16c() {

@@ -1,12 +1,14 @@
 // Vectorised dequantization kernels with run-time instruction-set dispatch.
 //
-// The one primitive is a row segment: for j in [0, n)
+// The dequantization primitive is a row segment: for j in [0, n)
 //     dst[j] = round(float32(decode(src[j])) * scales[(phase + j) / block])
 // which covers all three schemes of SPEC §2 — per-tensor (one scale, block = whole row),
 // 128×128 blocks (block = 128, the scale row picked by the caller) and MXFP8 (block = 32) — and
 // ragged edges. Every ISA variant produces the same bits as the scalar one (tested over all 256
 // codes); `kernels()` picks the widest the CPU supports, or the one named by the environment
 // variable CKPT_ISA (scalar | avx2 | avx512) when that is supported.
+// The FP8 export primitives (quantize, abs_max) are bit-identical to their scalar rules in
+// transforms/quantize.h on every ISA.
 // BF16 and F16 outputs (F16 only on scalar) are looked up, not computed, once a thread has met a
 // scale twice: it keeps a table of the 256 finished outputs per scale value, built by the
 // arithmetic path itself, so results do not depend on which path ran. A thread holds up to 512
@@ -28,10 +30,16 @@ std::string_view isa_name(Isa isa);
 
 using DequantRowFn = void (*)(const uint8_t* src, size_t n, const float* scales, size_t block,
                               size_t phase, void* dst);
+// FP8 export (transforms/quantize.h has the rules): codes[j] = float_to_e4m3_saturate(x[j] / scale),
+// and the max |x[j]| over the finite x[j], from `init`.
+using QuantizeFn = void (*)(const float* x, size_t n, float scale, uint8_t* codes);
+using AbsMaxFn = float (*)(const float* x, size_t n, float init);
 
 struct KernelTable {
   Isa isa;
   DequantRowFn dequant[2][3];  // [Fp8][OutType]
+  QuantizeFn quantize;
+  AbsMaxFn abs_max;
   DequantRowFn get(Fp8 f, OutType o) const {
     return dequant[static_cast<int>(f)][static_cast<int>(o)];
   }

@@ -18,6 +18,7 @@
 
 #include "transforms/kernels.h"
 #include "transforms/kernels_impl.h"
+#include "transforms/quantize.h"
 
 namespace ckpt::detail {
 
@@ -193,12 +194,67 @@ struct Lookup {
   }
 };
 
+// e4m3 codes (with sign, as 32-bit lanes) of y: the AVX-512 encoder's steps (kernels_avx512.cc)
+// with AVX2's compares and blends.
+inline __m256i encode8(__m256 y) {
+  const __m256i b = _mm256_castps_si256(y);
+  const __m256i a = _mm256_and_si256(b, _mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(b, 24), _mm256_set1_epi32(0x80));
+  const __m256i t = _mm256_sub_epi32(a, _mm256_set1_epi32((127 - 7) << 23));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(t, 20), _mm256_set1_epi32(1));
+  const __m256i normal = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(t, _mm256_set1_epi32(0x7FFFF)), lsb), 20);
+  const __m256 scaled = _mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(512.0f));
+  const __m256i sub = _mm256_cvttps_epi32(_mm256_round_ps(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  // a <= 0x7FFFFFFF, so signed compares order it correctly.
+  __m256i code = _mm256_blendv_epi8(normal, sub, _mm256_cmpgt_epi32(_mm256_set1_epi32(0x3C800000), a));
+  code = _mm256_min_epu32(code, _mm256_set1_epi32(0x7E));
+  code = _mm256_blendv_epi8(code, _mm256_set1_epi32(0x7F), _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7F800000)));
+  return _mm256_or_si256(code, sign);
+}
+
+void quantize(const float* x, size_t n, float scale, uint8_t* codes) {
+  const __m256 s = _mm256_set1_ps(scale);
+  const auto at = [&](const float* v) { return encode8(_mm256_div_ps(_mm256_loadu_ps(v), s)); };
+  const auto encode32 = [&](const float* v, uint8_t* out) {
+    // Packing interleaves the 128-bit lanes; the permute puts the four groups of 8 back in order.
+    const __m256i lo = _mm256_packus_epi32(at(v), at(v + 8)), hi = _mm256_packus_epi32(at(v + 16), at(v + 24));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(lo, hi), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), bytes);
+  };
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) encode32(x + i, codes + i);
+  if (i < n) {
+    float in[32] = {};
+    uint8_t out[32];
+    __builtin_memcpy(in, x + i, (n - i) * sizeof(float));
+    encode32(in, out);
+    __builtin_memcpy(codes + i, out, n - i);
+  }
+}
+
+float abs_max(const float* x, size_t n, float init) {
+  const __m256i keep = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000);
+  __m256i m = _mm256_and_si256(_mm256_set1_epi32(__builtin_bit_cast(int, init)), keep);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i a = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), keep);
+    m = _mm256_max_epu32(m, _mm256_and_si256(a, _mm256_cmpgt_epi32(inf, a)));  // non-finite -> 0
+  }
+  alignas(32) uint32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), m);
+  uint32_t best = 0;
+  for (uint32_t v : lanes) best = v > best ? v : best;
+  return abs_max_scalar(x + i, n - i, __builtin_bit_cast(float, best));
+}
+
 const KernelTable kTable{
     Isa::Avx2,
     {{dequant_row_tables<Span<Fp8::E4M3, ToBf16>, Lookup<Fp8::E4M3, 7, 1>>,
       dequant_row_tables<Span<Fp8::E4M3, ToF16>, Lookup<Fp8::E4M3, 10, 4>>, dequant_row<Span<Fp8::E4M3, ToF32>, float>},
      {dequant_row_tables<Span<Fp8::E5M2, ToBf16>, Lookup<Fp8::E5M2, 7, 1>>,
-      dequant_row_tables<Span<Fp8::E5M2, ToF16>, Lookup<Fp8::E5M2, 10, 4>>, dequant_row<Span<Fp8::E5M2, ToF32>, float>}}};
+      dequant_row_tables<Span<Fp8::E5M2, ToF16>, Lookup<Fp8::E5M2, 10, 4>>, dequant_row<Span<Fp8::E5M2, ToF32>, float>}},
+    quantize,
+    abs_max};
 
 }  // namespace
 

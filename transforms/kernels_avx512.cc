@@ -150,12 +150,60 @@ struct Lookup {
   }
 };
 
+// e4m3 codes of y (quantize.h's float_to_e4m3_saturate, lane by lane): normals rebiased and
+// rounded to nearest even at bit 20 with integer adds; e4m3 subnormals (|y| < 2^-6) are
+// rint(|y| * 2^9), an exact product rounded once; then saturation, NaN and the sign.
+inline __m128i encode16(__m512 y) {
+  const __m512i b = _mm512_castps_si512(y);
+  const __m512i a = _mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF));
+  const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(b, 24), _mm512_set1_epi32(0x80));
+  const __m512i t = _mm512_sub_epi32(a, _mm512_set1_epi32((127 - 7) << 23));
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(t, 20), _mm512_set1_epi32(1));
+  const __m512i normal = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(t, _mm512_set1_epi32(0x7FFFF)), lsb), 20);
+  const __m512i sub = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(a), _mm512_set1_ps(512.0f)),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512i code = _mm512_mask_mov_epi32(normal, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x3C800000)), sub);
+  code = _mm512_min_epu32(code, _mm512_set1_epi32(0x7E));
+  code = _mm512_mask_mov_epi32(code, _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7F800000)), _mm512_set1_epi32(0x7F));
+  return _mm512_cvtepi32_epi8(_mm512_or_si512(code, sign));
+}
+
+void quantize(const float* x, size_t n, float scale, uint8_t* codes) {
+  const __m512 s = _mm512_set1_ps(scale);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), encode16(_mm512_div_ps(_mm512_loadu_ps(x + i), s)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm_mask_storeu_epi8(codes + i, m, encode16(_mm512_div_ps(_mm512_maskz_loadu_ps(m, x + i), s)));
+  }
+}
+
+// Finite magnitudes order as their bit patterns, all below +inf's.
+float abs_max(const float* x, size_t n, float init) {
+  const __m512i keep = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
+  __m512i m = _mm512_and_si512(_mm512_set1_epi32(__builtin_bit_cast(int, init)), keep);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i a = _mm512_and_si512(_mm512_loadu_si512(x + i), keep);
+    m = _mm512_mask_max_epu32(m, _mm512_cmplt_epu32_mask(a, inf), m, a);
+  }
+  if (i < n) {
+    const __mmask16 t = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512i a = _mm512_and_si512(_mm512_maskz_loadu_epi32(t, x + i), keep);
+    m = _mm512_mask_max_epu32(m, _mm512_cmplt_epu32_mask(a, inf), m, a);
+  }
+  return __builtin_bit_cast(float, _mm512_reduce_max_epu32(m));
+}
+
 const KernelTable kTable{
     Isa::Avx512,
     {{dequant_row_tables<Span<Fp8::E4M3, ToBf16>, Lookup>, dequant_row_tables<Span<Fp8::E4M3, ToF16>, Lookup>,
       dequant_row<Span<Fp8::E4M3, ToF32>, float>},
      {dequant_row_tables<Span<Fp8::E5M2, ToBf16>, Lookup>, dequant_row_tables<Span<Fp8::E5M2, ToF16>, Lookup>,
-      dequant_row<Span<Fp8::E5M2, ToF32>, float>}}};
+      dequant_row<Span<Fp8::E5M2, ToF32>, float>}},
+    quantize,
+    abs_max};
 
 }  // namespace
 

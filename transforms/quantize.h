@@ -10,13 +10,14 @@
 //     same rounding as if 480 were a code, and the code 0x7F | sign that "480" would take is
 //     NaN. So |x| <= 464 (464 is the tie between 448 and 480 and goes to even 448) encodes
 //     normally, |x| > 464, ±inf and NaN give 0x7F | sign (0xFF when negative).
-//   * Block amax: abs_max() over the float32 values of the block (BF16/F16 widened exactly);
-//     a NaN anywhere makes amax NaN (torch's amax propagates NaN).
+//   * Block amax: abs_max() over the *finite* float32 values of the block (BF16/F16 widened
+//     exactly); NaN and ±inf are skipped, so one bad element never poisons its block, and a
+//     block with no finite element has amax 0 (SPEC §2, non-finite values). amax is therefore
+//     always finite.
 //   * fp8_block_scale (block 128×128 and per-tensor): float32 `amax / 448.0f`; amax 0 -> 1.0f.
-//     A NaN amax gives a NaN scale (the whole block then encodes as NaN), +inf gives +inf.
 //   * mx_scale_byte (MXFP8 1×32, OCP MX): floor(log2(amax)) taken exactly from the float's
-//     exponent (subnormals included), minus 8, clamped to [-127, 127], stored +127; amax 0 ->
-//     127, +inf -> 254 (clamped), NaN -> 255 (the e8m0 NaN byte, read back as +inf).
+//     exponent (subnormals included), minus 8, clamped to [-127, 127], stored +127; amax 0 -> 127.
+//   * Under a finite scale a NaN element stays NaN (0x7F | sign) and ±inf saturates to ±448.
 //   * quantize_span: codes[j] = float_to_e4m3_saturate(x[j] / scale), one correctly rounded
 //     float32 division. For MXFP8 pass scale = e8m0_to_float(byte): dividing by a power of two is
 //     exact-then-rounded-once, so it equals multiplying by 2^-(byte-127).
@@ -78,19 +79,21 @@ inline uint8_t float_to_e4m3_torch(float x) {
   return sign | static_cast<uint8_t>(c > 0x7Eu ? 0x7Fu : c);
 }
 
-// max |x[j]| over n float32 values, starting from `init` (pass a previous result to extend a
-// block over several rows). NaN-propagating: once a NaN is seen the result is NaN.
+// max |x[j]| over the finite ones of n float32 values (NaN and ±inf are skipped), starting from
+// `init` (pass a previous result to extend a block over several rows); 0 when none is finite.
+// abs_max runs the CPU's widest kernel (transforms/kernels.h); abs_max_scalar is the rule.
 float abs_max(const float* x, size_t n, float init = 0.0f);
+float abs_max_scalar(const float* x, size_t n, float init);
 
 // Block / per-tensor scale of SPEC §2: float32 amax / 448 (amax 0 -> 1).
 inline float fp8_block_scale(float amax) { return amax == 0.0f ? 1.0f : amax / 448.0f; }
 
-// MXFP8 e8m0 scale byte: floor(log2(amax)) - 8 clamped to [-127, 127], stored +127
-// (amax 0 -> 127, +inf -> 254, NaN -> 255).
+// MXFP8 e8m0 scale byte of a finite amax >= 0: floor(log2(amax)) - 8 clamped to [-127, 127],
+// stored +127 (amax 0 -> 127).
 uint8_t mx_scale_byte(float amax);
 
 // Quantizes n values under one scale: codes[j] = float_to_e4m3_saturate(x[j] / scale), the
-// division in float32. For MXFP8 pass e8m0_to_float(mx_scale_byte(amax)).
+// division in float32, with the CPU's widest kernel. For MXFP8 pass e8m0_to_float(mx_scale_byte(amax)).
 void quantize_span(const float* x, size_t n, float scale, uint8_t* codes);
 
 // The placeholder cast: codes[j] = float_to_e4m3_torch(x[j]) (identity scale).
