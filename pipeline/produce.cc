@@ -54,7 +54,7 @@ float band_amax(const float* v, uint64_t n, uint64_t len, uint64_t c0, uint64_t 
 uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 
 // Weight rows converted to float32 at a time (2 MiB, one core's L2 here): amax and encode then
-// read the values from cache. Measured on split experts (RESULTS.md): 8 MiB spans, which read
+// read the values from cache. Measured on split experts (RESULTS.md): 32 MiB spans, which read
 // longer runs of each strided input row, were 30% slower; 0.5–2 MiB were alike.
 constexpr uint64_t kValueElems = 1u << 19;
 uint64_t value_rows(const PlannedTensor& t) { return std::max<uint64_t>(1, kValueElems / t.row_len); }
