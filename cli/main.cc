@@ -37,7 +37,6 @@ int run_convert(const ConvertArgs& a) {
   ConvertOptions o;
   o.in = a.in;
   o.out = a.out;
-  o.family = a.family;
   const auto dir = parse_direction(a.to);
   if (!dir) fail_usage("--to: '{}' is not one of native, hf, dequant", a.to);
   const auto dtype = parse_out_type(a.dtype);
@@ -64,15 +63,17 @@ int run_convert(const ConvertArgs& a) {
   o.plan.quantize = a.quantize == "real"          ? QuantizeMode::Real
                     : a.quantize == "placeholder" ? QuantizeMode::Placeholder
                                                   : QuantizeMode::None;
-  o.memory_budget = parse_size(a.budget, "--memory-budget");
-  o.threads = a.threads;
-  o.overwrite = a.overwrite;
-  o.resume = a.resume;
-  o.progress = isatty(STDERR_FILENO) && !a.json;
+  o.run.memory_budget = parse_size(a.budget, "--memory-budget");
+  o.run.threads = a.threads;
+  o.run.io = a.io == "pread" ? IoMode::Pread : IoMode::Mmap;
+  o.write.overwrite = a.overwrite;
+  o.write.resume = a.resume;
   o.dry_run = a.dry_run;
   o.null_sink = a.sink == "null";
-  o.io = a.io == "pread" ? IoMode::Pread : IoMode::Mmap;
+  Progress progress("converting", 0, isatty(STDERR_FILENO) && !a.json);
+  o.run.on_progress = [&progress](uint64_t done, uint64_t total) { progress.update(done, total); };
   const ConvertSummary s = convert(o);
+  progress.finish();
   const double gbps = s.execute_s > 0 ? static_cast<double>(s.output_bytes) / s.execute_s / 1e9 : 0;
   if (a.json) {
     nlohmann::ordered_json j = {

@@ -15,7 +15,6 @@
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "pipeline/manifest.h"
-#include "pipeline/progress.h"
 #include "transforms/kernels.h"
 
 namespace ckpt {
@@ -47,27 +46,27 @@ bool holds_only_temp_files(const fs::path& dir) {
 
 // The output directory must be new or empty, unless --overwrite; it never is the input. With
 // --resume it may hold the manifest of an interrupted run, which is returned.
-std::optional<ManifestRecord> prepare_out_dir(const ConvertOptions& opt, const Checkpoint& ck) {
+std::optional<ManifestRecord> prepare_out_dir(const fs::path& out, const WriteOptions& opt, const Checkpoint& ck) {
   std::error_code ec;
-  if (!fs::exists(opt.out, ec)) {
-    if (!fs::create_directories(opt.out, ec) || ec)
-      fail(ErrorKind::Io, "--out {}: cannot create: {}", opt.out.string(), ec.message());
+  if (!fs::exists(out, ec)) {
+    if (!fs::create_directories(out, ec) || ec)
+      fail(ErrorKind::Io, "--out {}: cannot create: {}", out.string(), ec.message());
     return std::nullopt;
   }
-  if (!fs::is_directory(opt.out)) fail_usage("--out {}: exists and is not a directory", opt.out.string());
-  if (fs::equivalent(opt.out, ck.dir(), ec))
-    fail_usage("--out {}: is the input directory; write the conversion elsewhere", opt.out.string());
-  auto previous = read_manifest(opt.out);
+  if (!fs::is_directory(out)) fail_usage("--out {}: exists and is not a directory", out.string());
+  if (fs::equivalent(out, ck.dir(), ec))
+    fail_usage("--out {}: is the input directory; write the conversion elsewhere", out.string());
+  auto previous = read_manifest(out);
   if (opt.resume) {
     if (previous) return previous;
-    if (opt.overwrite || holds_only_temp_files(opt.out)) return std::nullopt;
-    fail_usage("--out {}: nothing to resume (no {}) and the directory is not empty", opt.out.string(), kManifestName);
+    if (opt.overwrite || holds_only_temp_files(out)) return std::nullopt;
+    fail_usage("--out {}: nothing to resume (no {}) and the directory is not empty", out.string(), kManifestName);
   }
-  if (opt.overwrite || fs::is_empty(opt.out)) return std::nullopt;
+  if (opt.overwrite || fs::is_empty(out)) return std::nullopt;
   if (previous)
     fail_usage("--out {}: holds an interrupted conversion; finish it with --resume, or start over with --overwrite",
-               opt.out.string());
-  fail_usage("--out {}: directory is not empty (use --overwrite to replace its checkpoint)", opt.out.string());
+               out.string());
+  fail_usage("--out {}: directory is not empty (use --overwrite to replace its checkpoint)", out.string());
 }
 
 // Before the first shard byte: the shards still to write must fit, each rounded up to whole
@@ -145,49 +144,56 @@ std::string read_file(const fs::path& f) {
 
 namespace {
 
-// One output directory and its plan: the whole conversion, or one expert-parallel rank of
-// `--ep-size N` without `--ep-rank`.
-struct Target {
-  fs::path dir;
-  std::string rel;  // dir relative to --out, as the manifest names it: "" or "rank-0000"
-  Plan plan;
-};
-
-// All targets' tensors as one plan for a single pass of the executor; shard indices follow the
-// writers, which are the targets' shards in order.
-Plan merged(const std::vector<Target>& targets) {
-  if (targets.size() == 1) return targets[0].plan;
+// All targets' plans as one: the tensors of every target in order, their shards numbered across
+// targets. Built once, when the conversion is planned; execution, resume and publishing read it.
+Plan merged(std::vector<Plan> plans) {
+  if (plans.size() == 1) return std::move(plans[0]);
   Plan all;
-  uint32_t shard_base = 0;
-  for (const auto& t : targets) {
+  for (Plan& p : plans) {
     const auto tensor_base = static_cast<int64_t>(all.tensors.size());
-    for (PlannedTensor p : t.plan.tensors) {
-      p.shard += shard_base;
-      if (p.scale_of >= 0) p.scale_of += tensor_base;
-      all.tensors.push_back(std::move(p));
+    const auto shard_base = static_cast<uint32_t>(all.shards.size());
+    for (PlannedTensor& t : p.tensors) {
+      t.shard += shard_base;
+      if (t.scale_of >= 0) t.scale_of += tensor_base;
+      all.tensors.push_back(std::move(t));
     }
-    shard_base += static_cast<uint32_t>(t.plan.shards.size());
-    all.output_bytes += t.plan.output_bytes;
+    for (ShardLayout& s : p.shards) all.shards.push_back(std::move(s));
+    all.output_bytes += p.output_bytes;
+    all.dequantized += p.dequantized;
+    all.quantized += p.quantized;
+    all.input_bytes = std::max(all.input_bytes, p.input_bytes);
   }
+  // What does not depend on the rank: the same inputs are dropped and read by every rank.
+  all.dtype = plans[0].dtype;
+  all.dropped = std::move(plans[0].dropped);
+  all.export_scheme = plans[0].export_scheme;
+  all.metadata = std::move(plans[0].metadata);
   return all;
+}
+
+// The shards of one target, for its index.
+std::vector<ShardLayout> target_shards(const Plan& plan, const Target& t) {
+  return {plan.shards.begin() + t.first_shard, plan.shards.begin() + t.last_shard};
 }
 
 // Stages the side files, config and index of a target, removes what `replace` (--overwrite)
 // replaces, and returns what to publish after the shards.
-std::pair<std::vector<StagedFile>, std::optional<StagedFile>> stage(const Checkpoint& ck, const Target& t,
+std::pair<std::vector<StagedFile>, std::optional<StagedFile>> stage(const Checkpoint& ck, const Plan& plan,
+                                                                     const fs::path& dir, const Target& t,
                                                                      bool replace) {
   std::vector<StagedFile> staged;
-  for (const auto& f : ck.side_files()) staged.emplace_back(t.dir / f.filename(), read_file(f));
-  const auto config = output_config(ck, t.plan);
-  if (config) staged.emplace_back(t.dir / "config.json", *config);
+  for (const auto& f : ck.side_files()) staged.emplace_back(dir / f.filename(), read_file(f));
+  const auto config = output_config(ck, plan);
+  if (config) staged.emplace_back(dir / "config.json", *config);
+  const std::vector<ShardLayout> shards = target_shards(plan, t);
   std::optional<StagedFile> index;
-  if (t.plan.shards.size() > 1) index.emplace(t.dir / kIndexName, index_json(t.plan.shards));
+  if (shards.size() > 1) index.emplace(dir / kIndexName, index_json(shards));
   if (replace) {
     // The previous checkpoint goes only now that ours is ready. Files of our shards' names are
     // left for the renames to replace: a resumed run may already have published some of them.
     std::unordered_set<std::string> ours;
-    for (const auto& s : t.plan.shards) ours.insert(s.file_name);
-    for (const auto& e : fs::directory_iterator(t.dir)) {
+    for (const auto& s : shards) ours.insert(s.file_name);
+    for (const auto& e : fs::directory_iterator(dir)) {
       const auto name = e.path().filename().string();
       const bool old = (is_our_output(e.path()) && !ours.contains(name)) || (!config && name == "config.json");
       std::error_code ec;
@@ -198,49 +204,30 @@ std::pair<std::vector<StagedFile>, std::optional<StagedFile>> stage(const Checkp
   return {std::move(staged), std::move(index)};
 }
 
-void summarize(const Checkpoint& ck, const std::vector<Target>& targets, Clock::time_point t0, ConvertSummary& sum) {
-  sum.input_tensors = ck.tensors().size();
-  for (const auto& t : targets) {
-    sum.output_tensors += t.plan.tensors.size();
-    sum.dequantized += t.plan.dequantized;
-    sum.dropped = t.plan.dropped.size();  // the same inputs are dropped for every rank
-    sum.input_bytes = std::max(sum.input_bytes, t.plan.input_bytes);
-    sum.output_bytes += t.plan.output_bytes;
-    sum.shards += t.plan.shards.size();
-  }
-  sum.total_s = since(t0);
-  sum.peak_rss_bytes = peak_rss_bytes();
-  sum.isa = std::string(isa_name(kernels().isa));
-}
-
-// Runs the tensors of `plan` that `selected` names (empty: all).
-ExecStats run_plan(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>>& writers,
-                   const ConvertOptions& opt, std::vector<bool> selected = {}) {
-  uint64_t total = 0;
-  for (size_t i = 0; i < plan.tensors.size(); ++i)
-    if (selected.empty() || selected[i]) total += plan.tensors[i].nbytes;
-  Progress progress("converting", total, opt.progress);
+// Starts the executor on `selected` (empty: all) of the plan, into `sink`.
+ExecStats run_plan(const Plan& plan, TensorSink& sink, const RunOptions& run, std::vector<bool> selected = {}) {
   ExecOptions eo;
-  eo.threads = opt.threads;
-  eo.memory_budget = opt.memory_budget;
-  eo.io = opt.io;
-  eo.progress = &progress.counter();
+  eo.threads = run.threads;
+  eo.memory_budget = run.memory_budget;
+  eo.io = run.io;
+  eo.on_progress = run.on_progress;
   eo.selected = std::move(selected);
-  return execute(plan, writers, eo);
+  return execute(plan, sink, eo);
 }
 
-// A shard of the plan, numbered as the writers are: targets' shards in order.
+// A shard of the plan and the directory it is written to.
 struct ShardRef {
   const Target* target;
   const ShardLayout* layout;
-  fs::path final_path() const { return target->dir / layout->file_name; }
+  fs::path dir;
+  fs::path final_path() const { return dir / layout->file_name; }
 };
 
-std::vector<ShardRef> all_shards(const std::vector<Target>& targets) {
-  std::vector<ShardRef> out;
+std::vector<ShardRef> all_shards(const Plan& plan, const std::vector<Target>& targets, const fs::path& out) {
+  std::vector<ShardRef> refs;
   for (const auto& t : targets)
-    for (const auto& s : t.plan.shards) out.push_back({&t, &s});
-  return out;
+    for (uint32_t s = t.first_shard; s < t.last_shard; ++s) refs.push_back({&t, &plan.shards[s], out / t.rel});
+  return refs;
 }
 
 // Where a resumed run finds a shard complete.
@@ -315,31 +302,89 @@ void create_dir(const fs::path& dir, CreatedDirs& created) {
   created.dirs.push_back(dir);
 }
 
-// Writes the conversion into --out: checks, manifest, shards (skipping the complete ones of a
-// resumed run), then the publishing renames.
-void write_output(const ConvertOptions& opt, const Checkpoint& ck, const std::vector<Target>& targets,
-                  ConvertSummary& sum) {
+// The shard writers of a run: a FinishedShard for each shard a resumed run kept, a new
+// ShardWriter (reporting to the manifest when complete) for the others. Creating a shard reserves
+// its storage; on tmpfs that allocates every page, under the file's inode lock: as long as
+// writing the shard later. Files do not share that lock, so the shards are created in parallel
+// (the first error cancels the rest and is rethrown; each writer created removes its temporary file).
+std::vector<std::unique_ptr<ShardSink>> open_shards(const std::vector<ShardRef>& shards,
+                                                    const std::vector<Found>& found, ManifestFile& manifest,
+                                                    unsigned threads) {
+  std::vector<std::unique_ptr<ShardSink>> writers(shards.size());
+  for (size_t i = 0; i < shards.size(); ++i)
+    if (found[i] != Found::No)
+      writers[i] = std::make_unique<FinishedShard>(shards[i].final_path(), found[i] == Found::UnderTemp);
+  oneapi::tbb::task_arena arena(threads ? static_cast<int>(threads) : oneapi::tbb::task_arena::automatic);
+  arena.execute([&] {
+    oneapi::tbb::parallel_for(size_t{0}, shards.size(), [&](size_t i) {
+      if (writers[i]) return;
+      const auto& ref = shards[i];
+      auto done = [&manifest, rel = ref.target->rel](const fs::path& p, uint64_t size, uint64_t checksum) {
+        manifest.add({rel, p.filename().string(), size, checksum});
+      };
+      writers[i] = std::make_unique<ShardWriter>(ref.dir, *ref.layout, true, std::move(done));
+    }, oneapi::tbb::simple_partitioner());
+  });
+  return writers;
+}
+
+}  // namespace
+
+Conversion Conversion::plan(const fs::path& input, const PlanOptions& options) {
+  Conversion c;
+  c.options_ = options;
+  c.ck_ = std::make_unique<Checkpoint>(Checkpoint::open(input));
+  std::vector<Plan> plans;
+  if (options.ep_size > 1 && !options.ep_rank) {
+    for (uint32_t r = 0; r < options.ep_size; ++r) {
+      PlanOptions po = options;
+      po.ep_rank = r;
+      plans.push_back(make_plan(*c.ck_, po));
+    }
+  } else {
+    plans.push_back(make_plan(*c.ck_, options));
+  }
+  uint32_t first = 0;
+  for (size_t r = 0; r < plans.size(); ++r) {
+    const auto n = static_cast<uint32_t>(plans[r].shards.size());
+    c.targets_.push_back({plans.size() > 1 ? fmt::format("rank-{:04d}", r) : "", first, first + n});
+    first += n;
+  }
+  c.plan_ = merged(std::move(plans));
+  return c;
+}
+
+ExecStats Conversion::execute(TensorSink& sink, const RunOptions& run, std::vector<bool> selected) const {
+  return run_plan(plan_, sink, run, std::move(selected));
+}
+
+// Checks, manifest, shards (skipping the complete ones of a resumed run), then publishing: every
+// target's side files, config and index are staged before the first shard is renamed into place,
+// so that what can fail has failed while nothing is under a final name; each index, published
+// last, marks its directory complete.
+WriteSummary Conversion::write(const fs::path& out, const WriteOptions& wo, const RunOptions& run) const {
+  WriteSummary sum;
   CreatedDirs created;
   {
     std::error_code ec;
-    if (!fs::exists(opt.out, ec)) created.dirs.push_back(opt.out);
+    if (!fs::exists(out, ec)) created.dirs.push_back(out);
   }
-  const auto previous = prepare_out_dir(opt, ck);
-  auto identity = conversion_identity(ck, opt.plan);
+  const auto previous = prepare_out_dir(out, wo, *ck_);
+  auto identity = conversion_identity(*ck_, options_);
   if (previous)
     if (const auto diff = identity_difference(previous->identity, identity))
       fail_usage("--resume {}: {}; resume with the interrupted run's options and inputs, or start over with "
                  "--overwrite",
-                 opt.out.string(), *diff);
-  const bool replace = opt.overwrite || (previous && previous->replaces_existing);
-  const auto shards = all_shards(targets);
+                 out.string(), *diff);
+  const bool replace = wo.overwrite || (previous && previous->replaces_existing);
+  const auto shards = all_shards(plan_, targets_, out);
   ManifestRecord record{std::move(identity), replace, {}};
   std::vector<Found> found(shards.size(), Found::No);
   if (previous) {
-    found = verify_shards(*previous, shards, opt.threads, record.shards);
+    found = verify_shards(*previous, shards, run.threads, record.shards);
   } else {
-    remove_temp_files(opt.out);
-    for (const auto& t : targets) remove_temp_files(t.dir);
+    remove_temp_files(out);
+    for (const auto& t : targets_) remove_temp_files(out / t.rel);
   }
   std::vector<const ShardLayout*> to_write;
   std::vector<fs::path> stale;
@@ -348,44 +393,23 @@ void write_output(const ConvertOptions& opt, const Checkpoint& ck, const std::ve
       to_write.push_back(shards[i].layout);
       stale.push_back(temp_path_for(shards[i].final_path()));
     }
-  check_free_space(opt.out, to_write, stale);
+  check_free_space(out, to_write, stale);
 
   // From here on the output directory holds a manifest; a failure removes it again, with every
   // temporary file, so that only a killed run leaves something to resume.
-  ManifestFile manifest(opt.out, std::move(record));
-  std::vector<std::unique_ptr<ShardSink>> writers(shards.size());
-  for (const auto& t : targets) create_dir(t.dir, created);
-  for (size_t i = 0; i < shards.size(); ++i)
-    if (found[i] != Found::No) {
-      writers[i] = std::make_unique<FinishedShard>(shards[i].final_path(), found[i] == Found::UnderTemp);
-      ++sum.reused_shards;
-    }
-  // Creating a shard reserves its storage; on tmpfs that allocates every page, under the file's
-  // inode lock: as long as writing the shard later. Files do not share that lock, so the shards
-  // are created in parallel (the first error cancels the rest and is rethrown; each writer
-  // created removes its temporary file).
-  oneapi::tbb::task_arena arena(opt.threads ? static_cast<int>(opt.threads) : oneapi::tbb::task_arena::automatic);
-  arena.execute([&] {
-    oneapi::tbb::parallel_for(size_t{0}, shards.size(), [&](size_t i) {
-      if (writers[i]) return;
-      const auto& ref = shards[i];
-      auto done = [&manifest, rel = ref.target->rel](const fs::path& p, uint64_t size, uint64_t checksum) {
-        manifest.add({rel, p.filename().string(), size, checksum});
-      };
-      writers[i] = std::make_unique<ShardWriter>(ref.target->dir, *ref.layout, true, std::move(done));
-    }, oneapi::tbb::simple_partitioner());
-  });
+  ManifestFile manifest(out, std::move(record));
+  for (const auto& t : targets_) create_dir(out / t.rel, created);
+  std::vector<std::unique_ptr<ShardSink>> writers = open_shards(shards, found, manifest, run.threads);
+  sum.reused_shards = static_cast<size_t>(std::count_if(found.begin(), found.end(), [](Found f) { return f != Found::No; }));
   // A resumed run writes the tensors of the shards still to write: a selection of the plan.
-  const Plan all = merged(targets);
-  std::vector<bool> selected(all.tensors.size());
-  for (size_t i = 0; i < all.tensors.size(); ++i) selected[i] = found[all.tensors[i].shard] == Found::No;
+  std::vector<bool> selected(plan_.tensors.size());
+  for (size_t i = 0; i < plan_.tensors.size(); ++i) selected[i] = found[plan_.tensors[i].shard] == Found::No;
 
   const auto t1 = Clock::now();
-  sum.exec = run_plan(all, writers, opt, std::move(selected));
-  // Everything else is staged before the first shard is published, so that what can fail has
-  // failed while nothing is under a final name; each index, published last, marks completion.
+  ShardFileSink sink(plan_, writers);
+  sum.exec = run_plan(plan_, sink, run, std::move(selected));
   std::vector<std::pair<std::vector<StagedFile>, std::optional<StagedFile>>> staged;
-  for (const auto& t : targets) staged.push_back(stage(ck, t, replace));
+  for (const auto& t : targets_) staged.push_back(stage(*ck_, plan_, out / t.rel, t, replace));
   for (auto& w : writers) w->commit();
   for (auto& [files, index] : staged) {
     for (auto& f : files) f.commit();
@@ -394,45 +418,39 @@ void write_output(const ConvertOptions& opt, const Checkpoint& ck, const std::ve
   manifest.remove();
   created.keep = true;
   sum.execute_s = since(t1);
+  return sum;
 }
-
-}  // namespace
 
 ConvertSummary convert(const ConvertOptions& opt) {
   const auto t0 = Clock::now();
-  if (opt.memory_budget < kMinMemoryBudget)
+  if (opt.run.memory_budget < kMinMemoryBudget)
     fail_usage("--memory-budget must be at least {} bytes", kMinMemoryBudget);
-  if (opt.resume && opt.null_sink) fail_usage("--resume needs --sink file: a null sink leaves nothing to resume");
+  if (opt.write.resume && opt.null_sink) fail_usage("--resume needs --sink file: a null sink leaves nothing to resume");
   ConvertSummary sum;
-  const Checkpoint ck = Checkpoint::open(opt.in);
-  std::vector<Target> targets;
-  if (opt.plan.ep_size > 1 && !opt.plan.ep_rank) {
-    for (uint32_t r = 0; r < opt.plan.ep_size; ++r) {
-      PlanOptions po = opt.plan;
-      po.ep_rank = r;
-      const std::string rel = fmt::format("rank-{:04d}", r);
-      targets.push_back({opt.out / rel, rel, make_plan(ck, po)});
-    }
-  } else {
-    targets.push_back({opt.out, "", make_plan(ck, opt.plan)});
-  }
+  const Conversion c = Conversion::plan(opt.in, opt.plan);
   sum.plan_s = since(t0);
-  if (opt.dry_run) {
-    summarize(ck, targets, t0, sum);
-    return sum;
-  }
-
   if (opt.null_sink) {
-    std::vector<std::unique_ptr<ShardSink>> writers;
-    for (const auto& t : targets)
-      for (size_t i = 0; i < t.plan.shards.size(); ++i) writers.push_back(std::make_unique<NullSink>());
     const auto t1 = Clock::now();
-    sum.exec = run_plan(merged(targets), writers, opt);
+    NullTensorSink sink;
+    sum.exec = c.execute(sink, opt.run);
     sum.execute_s = since(t1);
-  } else {
-    write_output(opt, ck, targets, sum);
+  } else if (!opt.dry_run) {
+    const WriteSummary w = c.write(opt.out, opt.write, opt.run);
+    sum.exec = w.exec;
+    sum.execute_s = w.execute_s;
+    sum.reused_shards = w.reused_shards;
   }
-  summarize(ck, targets, t0, sum);
+  const Plan& plan = c.plan();
+  sum.input_tensors = c.checkpoint().tensors().size();
+  sum.output_tensors = plan.tensors.size();
+  sum.dequantized = plan.dequantized;
+  sum.dropped = plan.dropped.size();
+  sum.input_bytes = plan.input_bytes;
+  sum.output_bytes = plan.output_bytes;
+  sum.shards = plan.shards.size();
+  sum.total_s = since(t0);
+  sum.peak_rss_bytes = peak_rss_bytes();
+  sum.isa = std::string(isa_name(kernels().isa));
   return sum;
 }
 

@@ -1,36 +1,87 @@
-// One conversion, end to end: open and validate the input, plan from headers, check the output
-// directory and free space, stream the tensors through the executor into temporary shards,
-// commit them, then write config.json (quantization_config removed and torch_dtype set when
-// weights were dequantized), the side files and finally the index. A failure at any point leaves
-// no file under a final name that was not there before, and none of the run's temporary files.
+// One conversion, staged: `Conversion::plan` opens and validates the input and computes the plan
+// from headers alone (one plan for every output directory: the whole conversion, or each
+// expert-parallel rank of `--ep-size N` without `--ep-rank`); `execute` streams all of it, or a
+// selection of its tensors, through the executor into any TensorSink; `write` is execute into
+// shard files followed by publishing — check the output directory and free space, write the
+// tensors into temporary shards, commit them, then config.json (quantization_config removed and
+// torch_dtype set when weights were dequantized), the side files and finally the index. A failure
+// at any point leaves no file under a final name that was not there before, and none of the run's
+// temporary files. `convert` composes them the way the command line does.
 //
 // A run that is killed instead leaves its resume manifest (pipeline/manifest.h) and its complete
-// shards under their temporary names; `resume` verifies those shards, writes only the others and
-// publishes the whole. Without `resume`, an output directory holding a manifest is refused
-// unless `overwrite` starts over.
+// shards under their temporary names; `resume` verifies those shards, writes only the others (a
+// selection of the same plan) and publishes the whole. Without `resume`, an output directory
+// holding a manifest is refused unless `overwrite` starts over.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "formats/checkpoint.h"
 #include "pipeline/executor.h"
 #include "pipeline/plan.h"
+#include "pipeline/sink.h"
 
 namespace ckpt {
 
-struct ConvertOptions {
-  std::filesystem::path in, out;
-  std::string family = "auto";
-  PlanOptions plan;
+// How a run executes: threads, memory, input I/O, progress.
+struct RunOptions {
   unsigned threads = 0;
   uint64_t memory_budget = 1ull << 30;
   IoMode io = IoMode::Mmap;
+  std::function<void(uint64_t done, uint64_t total)> on_progress;  // output bytes
+};
+
+struct WriteOptions {
   bool overwrite = false;
-  bool resume = false;    // finish the interrupted conversion in `out` (see above)
-  bool progress = false;  // draw a progress line on stderr
-  bool dry_run = false;   // stop after planning: nothing is created or written
-  bool null_sink = false; // convert fully but discard the output (benchmarks at any size)
+  bool resume = false;  // finish the interrupted conversion in the output directory (see above)
+};
+
+struct WriteSummary {
+  ExecStats exec;
+  double execute_s = 0;
+  size_t reused_shards = 0;  // complete shards a resumed run verified and kept
+};
+
+// One output directory of a conversion: its path under the output ("" or "rank-0000") and its
+// shards in the plan.
+struct Target {
+  std::string rel;
+  uint32_t first_shard = 0, last_shard = 0;
+};
+
+class Conversion {
+ public:
+  static Conversion plan(const std::filesystem::path& input, const PlanOptions& options);
+
+  const Checkpoint& checkpoint() const { return *ck_; }
+  const Plan& plan() const { return plan_; }
+  const std::vector<Target>& targets() const { return targets_; }
+  const PlanOptions& options() const { return options_; }
+
+  // Delivers the plan's tensors that `selected` marks (empty: all) into `sink`.
+  ExecStats execute(TensorSink& sink, const RunOptions& run, std::vector<bool> selected = {}) const;
+  // Writes and publishes the conversion in `out` (see above).
+  WriteSummary write(const std::filesystem::path& out, const WriteOptions& options, const RunOptions& run) const;
+
+ private:
+  std::unique_ptr<Checkpoint> ck_;  // the plan points into its headers
+  PlanOptions options_;
+  Plan plan_;
+  std::vector<Target> targets_;
+};
+
+struct ConvertOptions {
+  std::filesystem::path in, out;
+  PlanOptions plan;
+  RunOptions run;
+  WriteOptions write;
+  bool dry_run = false;    // stop after planning: nothing is created or written
+  bool null_sink = false;  // convert fully but discard the output (benchmarks at any size)
 };
 
 struct ConvertSummary {
@@ -46,6 +97,7 @@ struct ConvertSummary {
 
 inline constexpr uint64_t kMinMemoryBudget = 4ull << 20;
 
+// Plans, then writes `out` (or only plans: dry_run; or executes into nothing: null_sink).
 ConvertSummary convert(const ConvertOptions& options);
 
 // The process's peak resident set so far (getrusage), in bytes.

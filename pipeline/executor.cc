@@ -284,15 +284,55 @@ void release_item(const PlannedTensor& t, uint64_t first, uint64_t last, bool se
   }
 }
 
+// Hands bytes to the sink, counts each selected tensor's bytes down, and completes it when the
+// last of them has been written; reports progress a few times a second.
+class Delivery {
+ public:
+  Delivery(const Plan& plan, const std::vector<bool>& selected, TensorSink& sink, const ExecOptions& opt)
+      : plan_(plan), sink_(sink), opt_(opt), left_(plan.tensors.size()) {
+    for (size_t i = 0; i < plan.tensors.size(); ++i) {
+      left_[i] = is_selected(selected, static_cast<int64_t>(i)) ? plan.tensors[i].nbytes : 0;
+      total_ += left_[i];
+    }
+  }
+  // Tensors of no bytes have no items: they are complete from the start.
+  void complete_empty(const std::vector<bool>& selected) {
+    for (size_t i = 0; i < plan_.tensors.size(); ++i)
+      if (plan_.tensors[i].nbytes == 0 && is_selected(selected, static_cast<int64_t>(i))) sink_.complete(i);
+  }
+  void write(size_t tensor, uint64_t offset, const void* data, uint64_t len) {
+    sink_.write(tensor, offset, data, len);
+    if (left_[tensor].fetch_sub(len) == len) sink_.complete(tensor);
+    report(done_ += len);
+  }
+
+ private:
+  void report(uint64_t done) {
+    if (!opt_.on_progress) return;
+    const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch()).count();
+    int64_t last = last_report_ms_.load();
+    if (done < total_ && now - last < 200) return;
+    if (last_report_ms_.compare_exchange_strong(last, now) || done == total_) opt_.on_progress(done, total_);
+  }
+
+  const Plan& plan_;
+  TensorSink& sink_;
+  const ExecOptions& opt_;
+  std::vector<std::atomic<uint64_t>> left_;
+  uint64_t total_ = 0;
+  std::atomic<uint64_t> done_{0};
+  std::atomic<int64_t> last_report_ms_{0};
+};
+
 // Writes the scales an FP8 export item computed into the weight's scale tensor, if selected;
 // returns the bytes written.
-uint64_t write_scales(const Plan& plan, const std::vector<bool>& selected,
-                      const std::vector<std::unique_ptr<ShardSink>>& writers, const Item& it, const uint8_t* bytes) {
+uint64_t write_scales(const Plan& plan, const std::vector<bool>& selected, Delivery& out, const Item& it,
+                      const uint8_t* bytes) {
   const int64_t sc = scale_tensor_of(plan, it.tensor);
   if (!is_selected(selected, sc) || it.scales.first == it.scales.last) return 0;
-  const PlannedTensor& s = plan.tensors[static_cast<size_t>(sc)];
-  const uint64_t es = dtype_size(s.out.dtype), len = (it.scales.last - it.scales.first) * es;
-  writers[s.shard]->write(s.offset + it.scales.first * es, bytes, len);
+  const auto s = static_cast<size_t>(sc);
+  const uint64_t es = dtype_size(plan.tensors[s].out.dtype), len = (it.scales.last - it.scales.first) * es;
+  out.write(s, it.scales.first * es, bytes, len);
   return len;
 }
 
@@ -306,8 +346,7 @@ void size_pipeline(uint64_t budget, unsigned threads, uint64_t& chunk_bytes, uin
   items = std::max<uint64_t>(2, std::min(items, budget / (2 * chunk_bytes)));
 }
 
-ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>>& writers,
-                  const ExecOptions& opt) {
+ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& opt) {
   ExecStats stats;
   stats.threads = opt.threads ? opt.threads : static_cast<unsigned>(oneapi::tbb::info::default_concurrency());
   size_pipeline(opt.memory_budget, stats.threads, stats.chunk_bytes, stats.buffers);
@@ -328,6 +367,8 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
   };
 
   ItemSource items_of(plan, opt.selected, stats.chunk_bytes, stats.threads);
+  Delivery out(plan, opt.selected, sink, opt);
+  out.complete_empty(opt.selected);
   oneapi::tbb::task_arena arena(static_cast<int>(stats.threads));
   arena.execute([&] {
     flow::graph g;
@@ -390,20 +431,15 @@ ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>
           if (MappedFile::any_fault()) check_item_inputs(t, false);  // before the bytes leave
           const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
           const uint8_t* bytes = it.buffer ? it.buffer : in.copy_bytes(t, it.first);
-          uint64_t written = 0;
           try {
-            if (is_selected(opt.selected, it.tensor)) {
-              writers[t.shard]->write(t.offset + at, bytes, len);
-              written += len;
-            }
-            written += write_scales(plan, opt.selected, writers, it, it.buffer + scales_at);
+            if (is_selected(opt.selected, it.tensor)) out.write(it.tensor, at, bytes, len);
+            write_scales(plan, opt.selected, out, it, it.buffer + scales_at);
           } catch (const Error&) {
             check_item_inputs(t, true);
             throw;
           }
           const bool segment_done = it.segment_left->fetch_sub(1) == 1;
           if (!pread) release_item(t, it.first, it.last, segment_done);
-          if (opt.progress) *opt.progress += written;
           ++items;
         } catch (...) {
           record(std::current_exception());

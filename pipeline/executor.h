@@ -16,12 +16,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
 #include "formats/writer.h"
 #include "pipeline/inputs.h"
 #include "pipeline/plan.h"
+#include "pipeline/sink.h"
 
 namespace ckpt {
 
@@ -29,7 +31,9 @@ struct ExecOptions {
   unsigned threads = 0;                 // 0: all cores
   uint64_t memory_budget = 1ull << 30;  // bytes of input + output held by items in flight
   IoMode io = IoMode::Mmap;
-  std::atomic<uint64_t>* progress = nullptr;  // output bytes written so far, if wanted
+  // Called from a worker thread a few times a second, and once at the end, with the output bytes
+  // delivered so far and the selection's total.
+  std::function<void(uint64_t done, uint64_t total)> on_progress;
   // The plan's tensors to write, by index (empty: all). Unselected tensors are not written, and
   // read only where a selected one needs them (an FP8 export's scales come from its weight).
   std::vector<bool> selected;
@@ -50,7 +54,6 @@ void size_pipeline(uint64_t memory_budget, unsigned threads, uint64_t& chunk_byt
 
 // Runs the plan. An input file that is truncated, rewritten or replaced while it is read is an
 // InvalidInput error (formats/mapped_file.h), raised before the caller commits anything.
-ExecStats execute(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>>& writers,
-                  const ExecOptions& options);
+ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& options);
 
 }  // namespace ckpt

@@ -135,7 +135,6 @@ PlannedTensor dequantized_tensor(std::string name, const TensorRef& weight, cons
 
 Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
   Plan plan;
-  plan.direction = opt.direction;
   plan.dtype = opt.dtype;
   switch (opt.direction) {
     case Direction::Dequant: plan_dequant(ck, opt, plan); break;

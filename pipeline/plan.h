@@ -64,7 +64,6 @@ struct PlannedTensor {
 };
 
 struct Plan {
-  Direction direction = Direction::Dequant;
   OutType dtype = OutType::BF16;
   std::vector<PlannedTensor> tensors;  // in write order
   std::vector<ShardLayout> shards;

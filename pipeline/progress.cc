@@ -42,14 +42,15 @@ void Progress::draw() {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double done = static_cast<double>(done_.load());
   const double rate = secs > 0 ? done / secs : 0;
-  const double pct = total_ ? 100.0 * done / static_cast<double>(total_) : 100.0;
+  const auto total = static_cast<double>(total_.load());
+  const double pct = total > 0 ? 100.0 * done / total : 100.0;
   std::string eta = "--:--";
-  if (rate > 0 && total_ > done) {
-    const auto left = static_cast<long>((static_cast<double>(total_) - done) / rate);
+  if (rate > 0 && total > done) {
+    const auto left = static_cast<long>((total - done) / rate);
     eta = fmt::format("{:02d}:{:02d}", left / 60, left % 60);
   }
   fmt::print(stderr, "\r\033[K{} {:5.1f}%  {} / {}  {}/s  ETA {}", label_, pct, bytes(done),
-             bytes(static_cast<double>(total_)), bytes(rate), eta);
+             bytes(total), bytes(rate), eta);
   std::fflush(stderr);
 }
 

@@ -1,6 +1,7 @@
 // A progress line for long work: bytes done of total, throughput and ETA, redrawn in place a few
-// times a second on stderr. It only draws when stderr is a terminal (or when forced), so logs and
-// pipes stay clean; `finish` clears the line.
+// times a second on stderr — for the command line, which creates one when stderr is a terminal
+// and feeds it from the library's progress callback; the library itself never prints. `finish`
+// clears the line.
 #pragma once
 
 #include <atomic>
@@ -18,6 +19,10 @@ class Progress {
   Progress(std::string label, uint64_t total, bool enabled);
   ~Progress();
   std::atomic<uint64_t>& counter() { return done_; }
+  void update(uint64_t done, uint64_t total) {
+    total_ = total;
+    done_ = done;
+  }
   void finish();
 
   // "1.23 GB", "512.0 MB" — decimal units, as disks and throughput are quoted.
@@ -26,7 +31,7 @@ class Progress {
  private:
   void draw();
   std::string label_;
-  uint64_t total_;
+  std::atomic<uint64_t> total_;
   std::atomic<uint64_t> done_{0};
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   bool enabled_;

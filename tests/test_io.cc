@@ -49,9 +49,9 @@ ConvertSummary run(const fs::path& in, const fs::path& out, Direction d, IoMode 
   o.out = out;
   o.plan.direction = d;
   o.plan.quantize = q;
-  o.io = io;
-  o.memory_budget = budget;
-  o.threads = threads;
+  o.run.io = io;
+  o.run.memory_budget = budget;
+  o.run.threads = threads;
   return convert(o);
 }
 
@@ -147,15 +147,14 @@ namespace {
 Error execute_after(const fs::path& in, IoMode io, const std::function<void()>& mutate) {
   const Checkpoint ck = Checkpoint::open(in);
   const Plan plan = make_plan(ck, PlanOptions{});
-  std::vector<std::unique_ptr<ShardSink>> sinks;
-  for (size_t i = 0; i < plan.shards.size(); ++i) sinks.push_back(std::make_unique<NullSink>());
+  NullTensorSink sink;
   mutate();
   ExecOptions eo;
   eo.io = io;
   eo.threads = 2;
   eo.memory_budget = 4ull << 20;
   try {
-    execute(plan, sinks, eo);
+    execute(plan, sink, eo);
   } catch (const Error& e) {
     return e;
   }

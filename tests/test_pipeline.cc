@@ -167,8 +167,8 @@ TEST_CASE("tensors split into many work items convert exactly", "[pipeline]") {
   ConvertOptions o;
   o.in = dir / "in";
   o.out = dir / "small";
-  o.memory_budget = 4ull << 20;
-  o.threads = 2;
+  o.run.memory_budget = 4ull << 20;
+  o.run.threads = 2;
   const ConvertSummary s = convert(o);
   CHECK(s.exec.chunk_bytes == 1ull << 20);
   CHECK(s.exec.items > 10);
@@ -197,8 +197,8 @@ TEST_CASE("tensors split into many work items convert exactly", "[pipeline]") {
 
   // One thread and a large budget give the same bytes.
   o.out = dir / "large";
-  o.memory_budget = 1ull << 30;
-  o.threads = 1;
+  o.run.memory_budget = 1ull << 30;
+  o.run.threads = 1;
   convert(o);
   CHECK(test::read_bytes(dir / "large" / "model.safetensors") == test::read_bytes(dir / "small" / "model.safetensors"));
 }
@@ -249,7 +249,8 @@ TEST_CASE("with two threads, items are dealt from two shards at a time", "[pipel
     ExecOptions eo;
     eo.threads = threads;
     eo.memory_budget = 4ull << 20;
-    const ExecStats st = execute(plan, sinks, eo);
+    ShardFileSink files(plan, sinks);
+    const ExecStats st = execute(plan, files, eo);
     CHECK(st.chunk_bytes == 1ull << 20);
     std::vector<std::string> out;
     for (const auto& s : sinks) out.push_back(static_cast<const RecordingSink&>(*s).bytes());
