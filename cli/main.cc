@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -14,11 +15,13 @@
 #include "bench/harness.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
+#include "formats/mapped_file.h"
 #include "pipeline/convert.h"
 #include "pipeline/inspect.h"
 #include "pipeline/progress.h"
 #include "pipeline/synth.h"
 #include "pipeline/verify.h"
+#include "transforms/kernels.h"
 
 namespace {
 
@@ -97,6 +100,17 @@ int run_convert(const ConvertArgs& a) {
       fmt::print("resumed: {} of {} shard(s) were complete and kept\n", s.reused_shards, s.shards);
   }
   return 0;
+}
+
+// What this process wants and the library leaves to its caller: a file-size limit (ulimit -f)
+// fails a write with EFBIG, reported as an I/O error, instead of killing the process with
+// SIGXFSZ; an input truncated under a mapped read is an error, not a SIGBUS death; CKPT_ISA
+// (scalar | avx2 | avx512) forces the kernels' instruction set when the CPU has it.
+void configure_process() {
+  std::signal(SIGXFSZ, SIG_IGN);
+  MappedFile::install_sigbus_guard();
+  if (const char* name = std::getenv("CKPT_ISA"))
+    if (const auto isa = parse_isa(name)) use_isa(*isa);
 }
 
 int run_inspect(const std::string& path, bool json) {
@@ -306,9 +320,7 @@ int main(int argc, char** argv) {
   bench->add_flag("--no-floor", ba.no_floor, "Skip the cp and memcpy floors");
   bench->add_flag("--json", ba.json, "Print the results as JSON on stdout");
 
-  // A file-size limit (ulimit -f) then fails the write with EFBIG, reported as an I/O error,
-  // instead of killing the process with SIGXFSZ.
-  std::signal(SIGXFSZ, SIG_IGN);
+  configure_process();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

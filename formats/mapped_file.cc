@@ -57,7 +57,9 @@ void on_sigbus(int sig, siginfo_t* info, void* context) {
   signal(SIGBUS, SIG_DFL);
 }
 
-void install_handler() {
+}  // namespace
+
+void MappedFile::install_sigbus_guard() {
   static std::once_flag once;
   std::call_once(once, [] {
     g_page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
@@ -69,8 +71,9 @@ void install_handler() {
   });
 }
 
+namespace {
+
 int claim_slot(const uint8_t* data, uint64_t size) {
-  install_handler();
   for (int i = 0; i < kGuardSlots; ++i) {
     bool free = false;
     if (!g_slots[i].used.compare_exchange_strong(free, true)) continue;

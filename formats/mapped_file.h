@@ -5,11 +5,13 @@
 // proportional to the data in flight, not to the file size.
 //
 // Files change under long conversions. A mapped file that is truncated makes the next access to
-// a vanished page raise SIGBUS; every mapped file is registered with a process-wide handler that
-// maps a page of zeros over the hole and records the fault, so the access completes instead of
-// killing the process, and `check_intact` — which the executor calls after each item and at the
-// end — turns the record into an error naming the file and offset. Nothing computed from those
-// zeros is ever published: the error fails the conversion before its outputs are committed.
+// a vanished page raise SIGBUS. Once `install_sigbus_guard` has been called (a process-wide
+// handler, so only on request: the command line does, a library caller may), every mapped file
+// is covered: the handler maps a page of zeros over the hole and records the fault, so the access
+// completes instead of killing the process, and `check_intact` — which the executor calls after
+// each item and at the end — turns the record into an error naming the file and offset. Nothing
+// computed from those zeros is ever published: the error fails the conversion before its outputs
+// are committed. Without the guard, such a truncation kills the process as SIGBUS does.
 #pragma once
 
 #include <boost/iostreams/device/mapped_file.hpp>
@@ -53,6 +55,10 @@ class MappedFile {
   // Whether any mapped file of the process has lost a page since it was opened: one atomic load,
   // cheap enough to test after every work item.
   static bool any_fault();
+
+  // Installs the SIGBUS handler described above, once per process; a SIGBUS at any other address
+  // goes to the handler that was there before (by default the process dies).
+  static void install_sigbus_guard();
 
  private:
   std::filesystem::path path_;

@@ -64,7 +64,9 @@ TEST_CASE("conformance cases reproduce the reference bit for bit", "[conformance
       REQUIRE(r.exit_code == 0);
       const fs::path expected = dir / c.name.substr(0, c.name.find('.')) / "expected" / c.name.substr(c.name.find('.') + 1);
       const auto report = verify(Checkpoint::open(expected), Checkpoint::open(out), {});
-      for (const auto& p : report.problems) INFO(p);
+      std::string problems;
+      for (const auto& p : report.problems) problems += p + "\n";
+      INFO(problems);
       CHECK(report.problems.empty());
       CHECK(report.compared > 0);
     }

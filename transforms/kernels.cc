@@ -3,7 +3,7 @@
 #include <cpuid.h>
 
 #include <array>
-#include <cstdlib>
+#include <atomic>
 #include <cstring>
 
 #include "transforms/kernels_impl.h"
@@ -106,14 +106,11 @@ bool cpu_has(Isa isa) {
   return false;
 }
 
-const KernelTable& choose() {
-  Isa best = cpu_has(Isa::Avx512) ? Isa::Avx512 : cpu_has(Isa::Avx2) ? Isa::Avx2 : Isa::Scalar;
-  if (const char* want = std::getenv("CKPT_ISA")) {
-    for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
-      if (isa_name(i) == want && cpu_has(i)) best = i;
-  }
-  return *kernels_for(best);
+const KernelTable* widest() {
+  return kernels_for(cpu_has(Isa::Avx512) ? Isa::Avx512 : cpu_has(Isa::Avx2) ? Isa::Avx2 : Isa::Scalar);
 }
+
+std::atomic<const KernelTable*> g_chosen{nullptr};
 
 }  // namespace
 
@@ -144,8 +141,25 @@ std::vector<Isa> supported_isas() {
 }
 
 const KernelTable& kernels() {
-  static const KernelTable& t = choose();
-  return t;
+  const KernelTable* t = g_chosen.load(std::memory_order_acquire);
+  if (!t) {
+    const KernelTable* best = widest();
+    g_chosen.compare_exchange_strong(t, best, std::memory_order_acq_rel);
+    t = g_chosen.load(std::memory_order_acquire);
+  }
+  return *t;
+}
+
+bool use_isa(Isa isa) {
+  const KernelTable* t = kernels_for(isa);
+  if (t) g_chosen.store(t, std::memory_order_release);
+  return t != nullptr;
+}
+
+std::optional<Isa> parse_isa(std::string_view name) {
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+    if (isa_name(i) == name) return i;
+  return std::nullopt;
 }
 
 }  // namespace ckpt

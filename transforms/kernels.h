@@ -5,8 +5,8 @@
 // which covers all three schemes of SPEC §2 — per-tensor (one scale, block = whole row),
 // 128×128 blocks (block = 128, the scale row picked by the caller) and MXFP8 (block = 32) — and
 // ragged edges. Every ISA variant produces the same bits as the scalar one (tested over all 256
-// codes); `kernels()` picks the widest the CPU supports, or the one named by the environment
-// variable CKPT_ISA (scalar | avx2 | avx512) when that is supported.
+// codes); `kernels()` is the widest the CPU supports unless `use_isa` chose another (the command
+// line does so for the environment variable CKPT_ISA = scalar | avx2 | avx512).
 // The FP8 export primitives (quantize, abs_max) are bit-identical to their scalar rules in
 // transforms/quantize.h on every ISA.
 // BF16 and F16 outputs (F16 only on scalar) are looked up, not computed, once a thread has met a
@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -46,6 +47,9 @@ struct KernelTable {
 };
 
 const KernelTable& kernels();
+// Makes `kernels()` the table of `isa`, process-wide; false (nothing changes) when this CPU lacks it.
+bool use_isa(Isa isa);
+std::optional<Isa> parse_isa(std::string_view name);
 // The table for one ISA, or nullptr when this CPU (or this build) lacks it.
 const KernelTable* kernels_for(Isa isa);
 std::vector<Isa> supported_isas();
