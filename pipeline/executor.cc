@@ -433,7 +433,7 @@ ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& opt) {
           const uint8_t* bytes = it.buffer ? it.buffer : in.copy_bytes(t, it.first);
           try {
             if (is_selected(opt.selected, it.tensor)) out.write(it.tensor, at, bytes, len);
-            write_scales(plan, opt.selected, out, it, it.buffer + scales_at);
+            if (it.buffer) write_scales(plan, opt.selected, out, it, it.buffer + scales_at);  // copies have none
           } catch (const Error&) {
             check_item_inputs(t, true);
             throw;
