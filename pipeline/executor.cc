@@ -269,16 +269,14 @@ void release_rows(const Piece& p, uint64_t in_r0, uint64_t in_r1) {
 }
 
 void release_item(const PlannedTensor& t, uint64_t first, uint64_t last, bool segment_done) {
-  const uint64_t len = t.row_len;
-  const uint64_t row0 = first / len, row1 = (last - 1) / len + 1;
+  const uint64_t row0 = first / t.row_len;
   const uint64_t seg0 = t.segment_rows ? row0 / t.segment_rows * t.segment_rows : 0;
   const uint64_t seg1 = t.segment_rows ? std::min(t.rows, seg0 + t.segment_rows) : t.rows;
   for (const Piece& p : t.pieces) {
-    const uint64_t pr0 = p.out_row0, pr1 = p.out_row0 + p.out_rows();
     if (!p.transpose) {
-      const uint64_t a = std::max(pr0, row0), b = std::min(pr1, row1);
-      if (a < b) release_rows(p, p.in_row0 + (a - pr0), p.in_row0 + (b - pr0));
-    } else if (segment_done && pr0 < seg1 && seg0 < pr1) {
+      const InputRect r = input_rect(t, p, first, last);
+      if (!r.empty()) release_rows(p, r.row0, r.row1);
+    } else if (segment_done && !input_rect(t, p, seg0 * t.row_len, seg1 * t.row_len).empty()) {
       release_rows(p, p.in_row0, p.in_row0 + p.rows);
     }
   }
@@ -346,107 +344,155 @@ void size_pipeline(uint64_t budget, unsigned threads, uint64_t& chunk_bytes, uin
   items = std::max<uint64_t>(2, std::min(items, budget / (2 * chunk_bytes)));
 }
 
+namespace {
+
+// One execution: the state the graph's stages share, and the stages as named steps. Each stage
+// catches what it throws, records the first error and lets later items pass through untouched,
+// so the graph always drains and every buffer goes back to its pool.
+class Run {
+ public:
+  Run(const Plan& plan, TensorSink& sink, const ExecOptions& opt, const ExecStats& stats)
+      : plan_(plan),
+        opt_(opt),
+        pread_(opt.io == IoMode::Pread),
+        pool_(item_buffer_bytes(plan, stats.chunk_bytes, scales_at_)),
+        amax_(plan.tensors.size(), opt.io),
+        items_of_(plan, opt.selected, stats.chunk_bytes, stats.threads),
+        out_(plan, opt.selected, sink, opt) {}
+
+  bool next(Item& it) { return !failed_ && items_of_.next(it); }
+  void start() { out_.complete_empty(opt_.selected); }
+
+  // Brings the item's inputs close: stages them (pread) or asks for read-ahead (mmap).
+  Item read(Item it) {
+    if (failed_) return it;
+    StageTimer timer{read_ns_};
+    const PlannedTensor& t = plan_.tensors[it.tensor];
+    if (pread_) {
+      it.inputs = staging_.acquire();
+      guarded([&] { it.inputs->stage(t, it.first, it.last); });
+      return it;
+    }
+    for (const Piece& p : t.pieces) {  // a transposed piece's reads stride over many rows: no hint
+      const InputRect r = input_rect(t, p, it.first, it.last);
+      if (p.transpose || r.empty()) continue;
+      const DType in = p.input.info->dtype;
+      const uint64_t at = elements_bytes(in, r.row0 * p.in_cols);
+      p.input.file->map().prefetch(p.input.file->file_offset(*p.input.info) + at,
+                                   elements_bytes(in, r.row1 * p.in_cols) - at);
+    }
+    return it;
+  }
+
+  // The item's output bytes (and an FP8 export's scales) into a pooled buffer; copies skip it.
+  Item transform(Item it) {
+    const PlannedTensor& t = plan_.tensors[it.tensor];
+    if (failed_ || t.is_copy()) return it;
+    StageTimer timer{transform_ns_};
+    guarded([&] {
+      thread_local Scratch scratch;
+      const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
+      it.buffer = pool_.acquire();
+      if (t.quantize != QuantizeMode::None)
+        it.scales = produce_quantized(plan_, it.tensor, it.first, it.last, it.buffer, it.buffer + scales_at_, scratch,
+                                      amax_, in);
+      else
+        produce(t, t.out.dtype, it.first, it.last, it.buffer, scratch, in);
+    });
+    return it;
+  }
+
+  // Delivers the bytes to the sink, releases the inputs consumed, returns the buffers.
+  void write(Item it) {
+    if (!failed_) {
+      StageTimer timer{write_ns_};
+      guarded([&] { deliver(it); });
+    }
+    if (it.buffer) pool_.release(it.buffer);
+    if (it.inputs) staging_.release(it.inputs);
+  }
+
+  // The first error, rethrown; then the final check that the inputs are still the planned files.
+  void finish(ExecStats& stats) {
+    if (first_error_) std::rethrow_exception(first_error_);
+    // Whatever the items saw, a rewrite in place or a replacement of an input shows only here.
+    for (const SafetensorsFile* f : input_files(plan_)) f->map().check_intact(true);
+    stats.items = items_;
+    stats.bytes_read = staging_.bytes_read();
+    stats.buffers_allocated = pool_.allocated();
+    stats.read_s = static_cast<double>(read_ns_) * 1e-9;
+    stats.transform_s = static_cast<double>(transform_ns_) * 1e-9;
+    stats.write_s = static_cast<double>(write_ns_) * 1e-9;
+  }
+
+ private:
+  template <typename F>
+  void guarded(F&& f) {
+    try {
+      f();
+    } catch (...) {
+      std::lock_guard lock(error_mu_);
+      if (!first_error_) first_error_ = std::current_exception();
+      failed_ = true;
+    }
+  }
+
+  void deliver(const Item& it) {
+    const PlannedTensor& t = plan_.tensors[it.tensor];
+    // Items start and end on whole bytes (copy_item_elems), sub-byte dtypes too.
+    const uint64_t at = elements_bytes(t.out.dtype, it.first);
+    const uint64_t len = elements_bytes(t.out.dtype, it.last) - at;
+    if (MappedFile::any_fault()) check_item_inputs(t, false);  // before the bytes leave
+    const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
+    const uint8_t* bytes = it.buffer ? it.buffer : in.copy_bytes(t, it.first);
+    try {
+      if (is_selected(opt_.selected, it.tensor)) out_.write(it.tensor, at, bytes, len);
+      if (it.buffer) write_scales(plan_, opt_.selected, out_, it, it.buffer + scales_at_);  // copies have none
+    } catch (const Error&) {
+      check_item_inputs(t, true);  // a copy from a truncated map fails inside the kernel: say why
+      throw;
+    }
+    const bool segment_done = it.segment_left->fetch_sub(1) == 1;
+    if (!pread_) release_item(t, it.first, it.last, segment_done);
+    ++items_;
+  }
+
+  const Plan& plan_;
+  const ExecOptions& opt_;
+  const bool pread_;
+  uint64_t scales_at_ = 0;
+  BufferPool pool_;
+  InputsPool staging_;
+  AmaxCache amax_;
+  ItemSource items_of_;
+  Delivery out_;
+  std::atomic<uint64_t> read_ns_{0}, transform_ns_{0}, write_ns_{0}, items_{0};
+  std::atomic<bool> failed_{false};
+  std::exception_ptr first_error_;
+  std::mutex error_mu_;
+};
+
+}  // namespace
+
 ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& opt) {
   ExecStats stats;
   stats.threads = opt.threads ? opt.threads : static_cast<unsigned>(oneapi::tbb::info::default_concurrency());
   size_pipeline(opt.memory_budget, stats.threads, stats.chunk_bytes, stats.buffers);
-
-  uint64_t scales_at = 0;
-  BufferPool pool(item_buffer_bytes(plan, stats.chunk_bytes, scales_at));
-  InputsPool staging;
-  const bool pread = opt.io == IoMode::Pread;
-  AmaxCache amax(plan.tensors.size(), opt.io);
-  std::atomic<uint64_t> read_ns{0}, transform_ns{0}, write_ns{0}, items{0};
-  std::atomic<bool> failed{false};
-  std::exception_ptr first_error;
-  std::mutex error_mu;
-  const auto record = [&](std::exception_ptr e) {
-    std::lock_guard lock(error_mu);
-    if (!first_error) first_error = e;
-    failed = true;
-  };
-
-  ItemSource items_of(plan, opt.selected, stats.chunk_bytes, stats.threads);
-  Delivery out(plan, opt.selected, sink, opt);
-  out.complete_empty(opt.selected);
+  Run run(plan, sink, opt, stats);
+  run.start();
   oneapi::tbb::task_arena arena(static_cast<int>(stats.threads));
   arena.execute([&] {
     flow::graph g;
-    flow::input_node<Item> source(g, [&](oneapi::tbb::flow_control& fc) -> Item {
+    flow::input_node<Item> source(g, [&](oneapi::tbb::flow_control& fc) {
       Item it;
-      if (failed || !items_of.next(it)) fc.stop();
+      if (!run.next(it)) fc.stop();
       return it;
     });
     flow::limiter_node<Item> limiter(g, stats.buffers);
-    flow::function_node<Item, Item> read(g, flow::unlimited, [&](Item it) {
-      if (failed) return it;
-      StageTimer timer{read_ns};
-      const PlannedTensor& t = plan.tensors[it.tensor];
-      if (pread) {
-        it.inputs = staging.acquire();
-        try {
-          it.inputs->stage(t, it.first, it.last);
-        } catch (...) {
-          record(std::current_exception());
-        }
-        return it;
-      }
-      for (const Piece& p : t.pieces) {  // read-ahead for the rows this item starts with
-        if (p.transpose) continue;
-        const DType in = p.input.info->dtype;
-        const uint64_t r0 = it.first / t.row_len;
-        if (r0 < p.out_row0 || r0 >= p.out_row0 + p.rows) continue;
-        p.input.file->map().prefetch(p.input.file->file_offset(*p.input.info) +
-                                         elements_bytes(in, (p.in_row0 + r0 - p.out_row0) * p.in_cols),
-                                     elements_bytes(in, it.last - it.first));
-      }
-      return it;
-    });
-    flow::function_node<Item, Item> transform(g, flow::unlimited, [&](Item it) {
-      const PlannedTensor& t = plan.tensors[it.tensor];
-      if (failed || t.is_copy()) return it;
-      StageTimer timer{transform_ns};
-      try {
-        thread_local Scratch scratch;
-        const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
-        it.buffer = pool.acquire();
-        if (t.quantize != QuantizeMode::None)
-          it.scales = produce_quantized(plan, it.tensor, it.first, it.last, it.buffer, it.buffer + scales_at, scratch,
-                                        amax, in);
-        else
-          produce(t, t.out.dtype, it.first, it.last, it.buffer, scratch, in);
-      } catch (...) {
-        record(std::current_exception());
-      }
-      return it;
-    });
+    flow::function_node<Item, Item> read(g, flow::unlimited, [&](Item it) { return run.read(it); });
+    flow::function_node<Item, Item> transform(g, flow::unlimited, [&](Item it) { return run.transform(it); });
     flow::function_node<Item, flow::continue_msg> write(g, flow::unlimited, [&](Item it) {
-      const PlannedTensor& t = plan.tensors[it.tensor];
-      if (!failed) {
-        StageTimer timer{write_ns};
-        try {
-          // Items start and end on whole bytes (copy_item_elems), sub-byte dtypes too.
-          const uint64_t at = elements_bytes(t.out.dtype, it.first);
-          const uint64_t len = elements_bytes(t.out.dtype, it.last) - at;
-          if (MappedFile::any_fault()) check_item_inputs(t, false);  // before the bytes leave
-          const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
-          const uint8_t* bytes = it.buffer ? it.buffer : in.copy_bytes(t, it.first);
-          try {
-            if (is_selected(opt.selected, it.tensor)) out.write(it.tensor, at, bytes, len);
-            if (it.buffer) write_scales(plan, opt.selected, out, it, it.buffer + scales_at);  // copies have none
-          } catch (const Error&) {
-            check_item_inputs(t, true);
-            throw;
-          }
-          const bool segment_done = it.segment_left->fetch_sub(1) == 1;
-          if (!pread) release_item(t, it.first, it.last, segment_done);
-          ++items;
-        } catch (...) {
-          record(std::current_exception());
-        }
-      }
-      if (it.buffer) pool.release(it.buffer);
-      if (it.inputs) staging.release(it.inputs);
+      run.write(it);
       return flow::continue_msg();
     });
     flow::make_edge(source, limiter);
@@ -457,16 +503,7 @@ ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& opt) {
     source.activate();
     g.wait_for_all();
   });
-  if (first_error) std::rethrow_exception(first_error);
-  // Whatever the items saw, the inputs must still be the files that were planned: a rewrite in
-  // place or a replacement shows only here.
-  for (const SafetensorsFile* f : input_files(plan)) f->map().check_intact(true);
-  stats.items = items;
-  stats.bytes_read = staging.bytes_read();
-  stats.buffers_allocated = pool.allocated();
-  stats.read_s = static_cast<double>(read_ns) * 1e-9;
-  stats.transform_s = static_cast<double>(transform_ns) * 1e-9;
-  stats.write_s = static_cast<double>(write_ns) * 1e-9;
+  run.finish(stats);
   return stats;
 }
 

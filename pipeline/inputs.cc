@@ -37,34 +37,12 @@ void ItemInputs::stage(const PlannedTensor& t, uint64_t first, uint64_t last) {
     regions_.push_back(read(p.input.file->map(), p.input.file->file_offset(*p.input.info) + at, n, 1, 0, 1, 0, n));
     return;
   }
-  const uint64_t len = t.row_len;
-  const uint64_t row0 = first / len, row1 = (last - 1) / len + 1;
   regions_.resize(2 * t.pieces.size());  // per piece: input, scale
   for (size_t i = 0; i < t.pieces.size(); ++i) {
     const Piece& p = t.pieces[i];
-    const uint64_t pr0 = p.out_row0, pr1 = p.out_row0 + p.out_rows();
-    const uint64_t r_lo = std::max(pr0, row0), r_hi = std::min(pr1, row1);
-    if (r_lo >= r_hi) continue;
-    // The input rectangle [a, b) × [c0, c1) the item's part of this piece reads (produce.cc).
-    uint64_t a, b, c0, c1;
-    if (p.transpose) {
-      a = p.in_row0;
-      b = p.in_row0 + p.rows;
-      c0 = p.in_col0 + (r_lo - pr0);
-      c1 = c0 + (r_hi - r_lo);
-    } else {
-      a = p.in_row0 + (r_lo - pr0);
-      b = p.in_row0 + (r_hi - pr0);
-      c0 = p.in_col0;
-      c1 = p.in_col0 + p.cols;
-      if (r_hi - r_lo == 1) {  // part of one row
-        const uint64_t c_lo = std::max(p.out_col0, r_lo == row0 ? first % len : 0);
-        const uint64_t c_hi = std::min(p.out_col0 + p.out_cols(), r_lo == (last - 1) / len ? (last - 1) % len + 1 : len);
-        if (c_lo >= c_hi) continue;
-        c0 = p.in_col0 + (c_lo - p.out_col0);
-        c1 = p.in_col0 + (c_hi - p.out_col0);
-      }
-    }
+    const InputRect r = input_rect(t, p, first, last);
+    if (r.empty()) continue;
+    const uint64_t a = r.row0, b = r.row1, c0 = r.col0, c1 = r.col1;
     const auto& in = *p.input.file;
     regions_[2 * i] =
         read(in.map(), in.file_offset(*p.input.info), p.in_cols, dtype_size(p.input.info->dtype), a, b, c0, c1);

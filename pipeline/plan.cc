@@ -170,6 +170,24 @@ Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
   return plan;
 }
 
+InputRect input_rect(const PlannedTensor& t, const Piece& p, uint64_t first, uint64_t last) {
+  const uint64_t len = t.row_len;
+  const uint64_t row0 = first / len, row1 = (last - 1) / len + 1;
+  const uint64_t pr0 = p.out_row0, pr1 = p.out_row0 + p.out_rows();
+  const uint64_t r_lo = std::max(pr0, row0), r_hi = std::min(pr1, row1);
+  if (r_lo >= r_hi) return {};
+  if (p.transpose) return {p.in_row0, p.in_row0 + p.rows, p.in_col0 + (r_lo - pr0), p.in_col0 + (r_hi - pr0)};
+  InputRect r{p.in_row0 + (r_lo - pr0), p.in_row0 + (r_hi - pr0), p.in_col0, p.in_col0 + p.cols};
+  if (r_hi - r_lo == 1) {  // part of one row
+    const uint64_t c_lo = std::max(p.out_col0, r_lo == row0 ? first % len : 0);
+    const uint64_t c_hi = std::min(p.out_col0 + p.out_cols(), r_lo == (last - 1) / len ? (last - 1) % len + 1 : len);
+    if (c_lo >= c_hi) return {};
+    r.col0 = p.in_col0 + (c_lo - p.out_col0);
+    r.col1 = p.in_col0 + (c_hi - p.out_col0);
+  }
+  return r;
+}
+
 int64_t scale_tensor_of(const Plan& plan, size_t i) {
   const bool paired = i + 1 < plan.tensors.size() && plan.tensors[i + 1].scale_of == static_cast<int64_t>(i);
   return paired ? static_cast<int64_t>(i + 1) : -1;

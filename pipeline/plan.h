@@ -90,6 +90,16 @@ struct PlanOptions {
   QuantizeMode quantize = QuantizeMode::None;  // hf: FP8 export of the family's FP8 keys
 };
 
+// The input rectangle rows [row0, row1) × columns [col0, col1) of piece `p` that output elements
+// [first, last) of `t` read (empty when they do not touch the piece): for a transposed piece every
+// input row of the piece and the columns that are the item's output rows; otherwise the input
+// rows of the item's output rows, whole piece width, or a slice of one row.
+struct InputRect {
+  uint64_t row0 = 0, row1 = 0, col0 = 0, col1 = 0;
+  bool empty() const { return row0 >= row1 || col0 >= col1; }
+};
+InputRect input_rect(const PlannedTensor& t, const Piece& p, uint64_t first, uint64_t last);
+
 // The index of the `_scale_inv` tensor that FP8 export writes for weight `i`, or -1.
 int64_t scale_tensor_of(const Plan& plan, size_t i);
 
