@@ -15,6 +15,7 @@
 
 #include "formats/error.h"
 #include "pipeline/progress.h"
+#include "pipeline/summary.h"
 #include "pipeline/synth.h"
 
 extern char** environ;
@@ -146,18 +147,16 @@ BenchRun parse_run(const Child& c, BenchPoint& point) {
   BenchRun r;
   r.wall_s = c.wall_s;
   r.peak_rss = static_cast<uint64_t>(c.usage.ru_maxrss) * 1024;
-  const auto j = nlohmann::json::parse(c.out, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) fail(ErrorKind::Internal, "bench: convert printed no JSON summary");
-  r.plan_s = j.at("plan_seconds").get<double>();
-  r.execute_s = j.at("execute_seconds").get<double>();
-  const auto& st = j.at("stage_seconds");
-  r.read_s = st.at("read").get<double>();
-  r.transform_s = st.at("dequantize").get<double>();
-  r.write_s = st.at("write").get<double>();
-  point.threads = j.at("threads").get<unsigned>();
-  point.input_bytes = j.at("input_bytes").get<uint64_t>();
-  point.output_bytes = j.at("output_bytes").get<uint64_t>();
-  point.shards = j.at("shards").get<uint64_t>();
+  const ConvertSummary s = summary_from_json(c.out);
+  r.plan_s = s.plan_s;
+  r.execute_s = s.execute_s;
+  r.read_s = s.exec.read_s;
+  r.transform_s = s.exec.transform_s;
+  r.write_s = s.exec.write_s;
+  point.threads = s.exec.threads;
+  point.input_bytes = s.input_bytes;
+  point.output_bytes = s.output_bytes;
+  point.shards = s.shards;
   return r;
 }
 

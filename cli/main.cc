@@ -19,6 +19,7 @@
 #include "pipeline/convert.h"
 #include "pipeline/inspect.h"
 #include "pipeline/progress.h"
+#include "pipeline/summary.h"
 #include "pipeline/synth.h"
 #include "pipeline/verify.h"
 #include "transforms/kernels.h"
@@ -79,17 +80,7 @@ int run_convert(const ConvertArgs& a) {
   progress.finish();
   const double gbps = s.execute_s > 0 ? static_cast<double>(s.output_bytes) / s.execute_s / 1e9 : 0;
   if (a.json) {
-    nlohmann::ordered_json j = {
-        {"input", a.in}, {"output", a.out}, {"direction", a.to}, {"dtype", a.dtype},
-        {"input_tensors", s.input_tensors}, {"output_tensors", s.output_tensors},
-        {"dequantized", s.dequantized}, {"dropped", s.dropped}, {"shards", s.shards}, {"reused_shards", s.reused_shards},
-        {"input_bytes", s.input_bytes}, {"output_bytes", s.output_bytes},
-        {"plan_seconds", s.plan_s}, {"execute_seconds", s.execute_s}, {"total_seconds", s.total_s},
-        {"output_gb_per_s", gbps}, {"peak_rss_bytes", s.peak_rss_bytes}, {"threads", s.exec.threads},
-        {"io", a.io}, {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers},
-        {"buffers_allocated", s.exec.buffers_allocated}, {"isa", s.isa},
-        {"stage_seconds", {{"read", s.exec.read_s}, {"dequantize", s.exec.transform_s}, {"write", s.exec.write_s}}}};
-    std::cout << j.dump(2) << "\n";
+    std::cout << summary_json(s, {a.in, a.out, a.to, a.dtype, a.io}).dump(2) << "\n";
   } else {
     fmt::print("{} -> {}: {} tensors ({} dequantized, {} dropped) in {} shard(s), {} written in {:.2f} s "
                "({}/s), peak RSS {}\n",
