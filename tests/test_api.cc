@@ -7,6 +7,10 @@
 #include <catch2/catch.hpp>
 
 #include <ckptconv/ckptconv.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <algorithm>
 #include <atomic>
@@ -263,4 +267,45 @@ TEST_CASE("errors arrive as typed values; a sink's exception comes back unchange
   CHECK(ckptconv::parse_size("512MiB") == 512ull << 20);
   CHECK_THROWS_AS(ckptconv::parse_dtype("f8"), ckptconv::Error);
   CHECK(std::string(ckptconv::version()).find('.') != std::string::npos);
+}
+
+namespace {
+
+// The process's SIGBUS disposition: SIG_DFL, or some handler.
+bool sigbus_default() {
+  struct sigaction now {};
+  sigaction(SIGBUS, nullptr, &now);
+  return (now.sa_flags & SA_SIGINFO) == 0 && now.sa_handler == SIG_DFL;
+}
+
+}  // namespace
+
+TEST_CASE("the library has no side effects its caller did not ask for", "[api]") {
+  ckpt::test::TempDir tmp;
+  synth(tmp / "fp8", "minimax_m2");
+  REQUIRE(sigbus_default());
+  // stderr goes to a file for the run: the library must write nothing there.
+  const fs::path err = tmp / "stderr";
+  const int saved = dup(2);
+  const int fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  REQUIRE(fd >= 0);
+  dup2(fd, 2);
+  ckptconv::Options o;
+  o.to = ckptconv::Direction::Native;
+  o.on_progress = [](const ckptconv::Progress&) {};
+  const auto c = Conversion::plan(tmp / "fp8", o);
+  struct Null final : ckptconv::TensorSink {
+    void write(const TensorDesc&, uint64_t, const void*, uint64_t) override {}
+    void complete(const TensorDesc&) override {}
+  } null;
+  c.execute(null);
+  c.write(tmp / "out");
+  dup2(saved, 2);
+  ::close(fd);
+  ::close(saved);
+  CHECK(ckpt::test::read_bytes(err).empty());
+  CHECK(sigbus_default());  // mapped inputs, and no handler
+  o.guard_sigbus = true;
+  Conversion::plan(tmp / "fp8", o);
+  CHECK_FALSE(sigbus_default());
 }
