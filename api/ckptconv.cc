@@ -177,7 +177,11 @@ RunStats Conversion::execute(ckptconv::TensorSink& sink, const Selection& select
     for (const auto& d : impl_->tensors)
       if (selected.empty() || selected[d.index]) bytes += d.nbytes, ++count;
     SinkAdapter adapter(impl_->tensors, sink);
-    const ckpt::ExecStats e = impl_->conv.execute(adapter, run_options(impl_->options), std::move(selected));
+    // In-process sinks have no file lock to spread writes over: items in plan order keep the
+    // tensors a MemorySink holds half-assembled to about one.
+    ckpt::RunOptions run = run_options(impl_->options);
+    run.lanes = 1;
+    const ckpt::ExecStats e = impl_->conv.execute(adapter, run, std::move(selected));
     return run_stats(e, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), bytes, count);
   });
 }

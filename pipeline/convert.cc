@@ -211,6 +211,7 @@ ExecStats run_plan(const Plan& plan, TensorSink& sink, const RunOptions& run, st
   eo.memory_budget = run.memory_budget;
   eo.io = run.io;
   eo.on_progress = run.on_progress;
+  eo.lanes = run.lanes;
   eo.selected = std::move(selected);
   return execute(plan, sink, eo);
 }

@@ -34,6 +34,7 @@ struct RunOptions {
   uint64_t memory_budget = 1ull << 30;
   IoMode io = IoMode::Mmap;
   std::function<void(uint64_t done, uint64_t total)> on_progress;  // output bytes
+  unsigned lanes = 0;  // ExecOptions::lanes
 };
 
 struct WriteOptions {

@@ -357,7 +357,7 @@ class Run {
         pread_(opt.io == IoMode::Pread),
         pool_(item_buffer_bytes(plan, stats.chunk_bytes, scales_at_)),
         amax_(plan.tensors.size(), opt.io),
-        items_of_(plan, opt.selected, stats.chunk_bytes, stats.threads),
+        items_of_(plan, opt.selected, stats.chunk_bytes, opt.lanes ? opt.lanes : stats.threads),
         out_(plan, opt.selected, sink, opt) {}
 
   bool next(Item& it) { return !failed_ && items_of_.next(it); }

@@ -37,6 +37,10 @@ struct ExecOptions {
   // The plan's tensors to write, by index (empty: all). Unselected tensors are not written, and
   // read only where a selected one needs them (an FP8 export's scales come from its weight).
   std::vector<bool> selected;
+  // Output shards whose items are dealt at once (0: as many as threads). Files want several —
+  // writes into one file serialise on its lock; a sink that assembles whole tensors in memory
+  // wants 1, so that items come in plan order and few tensors are half-assembled at a time.
+  unsigned lanes = 0;
 };
 
 struct ExecStats {
