@@ -359,65 +359,94 @@ ExecStats Conversion::execute(TensorSink& sink, const RunOptions& run, std::vect
   return run_plan(plan_, sink, run, std::move(selected));
 }
 
-// Checks, manifest, shards (skipping the complete ones of a resumed run), then publishing: every
-// target's side files, config and index are staged before the first shard is renamed into place,
-// so that what can fail has failed while nothing is under a final name; each index, published
-// last, marks its directory complete.
-WriteSummary Conversion::write(const fs::path& out, const WriteOptions& wo, const RunOptions& run) const {
-  WriteSummary sum;
+namespace {
+
+// A checkpoint being written into an output directory: the shard files (new, or kept by a
+// resumed run), the manifest that makes an interruption resumable, the directories created.
+// Members are destroyed in reverse order: on failure the writers remove their temporary files,
+// then the manifest goes, then the directories the run created.
+struct Output {
+  fs::path dir;
+  bool replace = false;  // the run replaces a checkpoint that was there (--overwrite)
+  std::vector<ShardRef> shards;
+  std::vector<Found> found;
   CreatedDirs created;
+  std::optional<ManifestFile> manifest;
+  std::vector<std::unique_ptr<ShardSink>> writers;
+};
+
+// Checks the output directory against the plan (resume: the same identity; otherwise empty or
+// --overwrite), verifies the shards an interrupted run completed, checks free space, then
+// writes the manifest and opens the shards still to write.
+void prepare(Output& o, const Checkpoint& ck, const PlanOptions& options, const Plan& plan,
+             const std::vector<Target>& targets, const WriteOptions& wo, unsigned threads) {
   {
     std::error_code ec;
-    if (!fs::exists(out, ec)) created.dirs.push_back(out);
+    if (!fs::exists(o.dir, ec)) o.created.dirs.push_back(o.dir);
   }
-  const auto previous = prepare_out_dir(out, wo, *ck_);
-  auto identity = conversion_identity(*ck_, options_);
+  const auto previous = prepare_out_dir(o.dir, wo, ck);
+  auto identity = conversion_identity(ck, options);
   if (previous)
     if (const auto diff = identity_difference(previous->identity, identity))
       fail_usage("--resume {}: {}; resume with the interrupted run's options and inputs, or start over with "
                  "--overwrite",
-                 out.string(), *diff);
-  const bool replace = wo.overwrite || (previous && previous->replaces_existing);
-  const auto shards = all_shards(plan_, targets_, out);
-  ManifestRecord record{std::move(identity), replace, {}};
-  std::vector<Found> found(shards.size(), Found::No);
+                 o.dir.string(), *diff);
+  o.replace = wo.overwrite || (previous && previous->replaces_existing);
+  o.shards = all_shards(plan, targets, o.dir);
+  ManifestRecord record{std::move(identity), o.replace, {}};
+  o.found.assign(o.shards.size(), Found::No);
   if (previous) {
-    found = verify_shards(*previous, shards, run.threads, record.shards);
+    o.found = verify_shards(*previous, o.shards, threads, record.shards);
   } else {
-    remove_temp_files(out);
-    for (const auto& t : targets_) remove_temp_files(out / t.rel);
+    remove_temp_files(o.dir);
+    for (const auto& t : targets) remove_temp_files(o.dir / t.rel);
   }
   std::vector<const ShardLayout*> to_write;
   std::vector<fs::path> stale;
-  for (size_t i = 0; i < shards.size(); ++i)
-    if (found[i] == Found::No) {
-      to_write.push_back(shards[i].layout);
-      stale.push_back(temp_path_for(shards[i].final_path()));
+  for (size_t i = 0; i < o.shards.size(); ++i)
+    if (o.found[i] == Found::No) {
+      to_write.push_back(o.shards[i].layout);
+      stale.push_back(temp_path_for(o.shards[i].final_path()));
     }
-  check_free_space(out, to_write, stale);
-
+  check_free_space(o.dir, to_write, stale);
   // From here on the output directory holds a manifest; a failure removes it again, with every
   // temporary file, so that only a killed run leaves something to resume.
-  ManifestFile manifest(out, std::move(record));
-  for (const auto& t : targets_) create_dir(out / t.rel, created);
-  std::vector<std::unique_ptr<ShardSink>> writers = open_shards(shards, found, manifest, run.threads);
-  sum.reused_shards = static_cast<size_t>(std::count_if(found.begin(), found.end(), [](Found f) { return f != Found::No; }));
-  // A resumed run writes the tensors of the shards still to write: a selection of the plan.
-  std::vector<bool> selected(plan_.tensors.size());
-  for (size_t i = 0; i < plan_.tensors.size(); ++i) selected[i] = found[plan_.tensors[i].shard] == Found::No;
+  o.manifest.emplace(o.dir, std::move(record));
+  for (const auto& t : targets) create_dir(o.dir / t.rel, o.created);
+  o.writers = open_shards(o.shards, o.found, *o.manifest, threads);
+}
 
-  const auto t1 = Clock::now();
-  ShardFileSink sink(plan_, writers);
-  sum.exec = run_plan(plan_, sink, run, std::move(selected));
+// Makes the written checkpoint visible: every target's side files, config and index are staged
+// before the first shard is renamed into place, so that what can fail has failed while nothing
+// is under a final name; each index, published last, marks its directory complete.
+void publish(Output& o, const Checkpoint& ck, const Plan& plan, const std::vector<Target>& targets) {
   std::vector<std::pair<std::vector<StagedFile>, std::optional<StagedFile>>> staged;
-  for (const auto& t : targets_) staged.push_back(stage(*ck_, plan_, out / t.rel, t, replace));
-  for (auto& w : writers) w->commit();
+  for (const auto& t : targets) staged.push_back(stage(ck, plan, o.dir / t.rel, t, o.replace));
+  for (auto& w : o.writers) w->commit();
   for (auto& [files, index] : staged) {
     for (auto& f : files) f.commit();
     if (index) index->commit();
   }
-  manifest.remove();
-  created.keep = true;
+  o.manifest->remove();
+  o.created.keep = true;
+}
+
+}  // namespace
+
+// prepare -> execute the shards still to write into the files -> publish.
+WriteSummary Conversion::write(const fs::path& out, const WriteOptions& wo, const RunOptions& run) const {
+  Output o{out};
+  prepare(o, *ck_, options_, plan_, targets_, wo, run.threads);
+  WriteSummary sum;
+  sum.reused_shards = static_cast<size_t>(std::count(o.found.begin(), o.found.end(), Found::UnderTemp) +
+                                          std::count(o.found.begin(), o.found.end(), Found::UnderFinal));
+  // A resumed run writes the tensors of the shards still to write: a selection of the plan.
+  std::vector<bool> selected(plan_.tensors.size());
+  for (size_t i = 0; i < plan_.tensors.size(); ++i) selected[i] = o.found[plan_.tensors[i].shard] == Found::No;
+  const auto t1 = Clock::now();
+  ShardFileSink sink(plan_, o.writers);
+  sum.exec = run_plan(plan_, sink, run, std::move(selected));
+  publish(o, *ck_, plan_, targets_);
   sum.execute_s = since(t1);
   return sum;
 }
