@@ -25,59 +25,20 @@
 // placeholder) is reproduced bit for bit by these rules; see tests/test_quantize.cc.
 #pragma once
 
-#include <bit>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
+#include "transforms/element.h"
+
 namespace ckpt {
-
-namespace quant_detail {
-
-// Round-to-nearest-even code of a finite (or infinite) magnitude given as float32 bits `a`
-// (sign cleared, not NaN), on an e4m3 grid continued upwards: 0x7E is 448, 0x7F would be 480,
-// anything larger is > 0x7F. The caller decides what a code above 0x7E means.
-inline uint32_t e4m3_magnitude_code(uint32_t a) {
-  constexpr uint32_t kMinNormal = 0x3C800000u;  // 2^-6, smallest e4m3 normal
-  constexpr uint32_t kHalfMinSub = 0x3A800000u;  // 2^-10, half the smallest subnormal 2^-9
-  if (a >= kMinNormal) {
-    // Rebias the exponent from 127 to 7; the code is then bits [20, 31) rounded at bit 20.
-    const uint32_t t = a - ((127u - 7u) << 23);
-    const uint32_t keep = t >> 20, rest = t & 0xFFFFFu;
-    return keep + ((rest > 0x80000u || (rest == 0x80000u && (keep & 1u))) ? 1u : 0u);
-  }
-  if (a <= kHalfMinSub) return 0;  // at most half a step: 0 (2^-10 is a tie, 0 is even)
-  // Subnormal e4m3: the value in units of 2^-9 is sig * 2^(exp - 150 + 9), exp in [117, 120].
-  const uint32_t exp = a >> 23;
-  const uint32_t sig = (a & 0x7FFFFFu) | 0x800000u;
-  const uint32_t shift = 150u - 9u - exp;  // 21..24
-  const uint32_t keep = sig >> shift, rest = sig & ((1u << shift) - 1u), half = 1u << (shift - 1);
-  return keep + ((rest > half || (rest == half && (keep & 1u))) ? 1u : 0u);
-}
-
-}  // namespace quant_detail
 
 // e4m3fn encoding for --quantize real: round to nearest even, saturate to ±448 (±inf too);
 // NaN -> 0x7F with the sign kept (0xFF for a negative NaN).
-inline uint8_t float_to_e4m3_saturate(float x) {
-  const uint32_t b = std::bit_cast<uint32_t>(x);
-  const uint8_t sign = static_cast<uint8_t>((b >> 24) & 0x80u);
-  const uint32_t a = b & 0x7FFFFFFFu;
-  if (a > 0x7F800000u) return sign | 0x7Fu;
-  const uint32_t c = quant_detail::e4m3_magnitude_code(a);
-  return sign | static_cast<uint8_t>(c > 0x7Eu ? 0x7Eu : c);
-}
+inline uint8_t float_to_e4m3_saturate(float x) { return elem::float_to_e4m3_saturate(x); }
 
 // torch's plain cast float32 -> float8_e4m3fn (upstream to_hf(quantization=True)): round to
 // nearest even; a magnitude that rounds past 448 (|x| > 464), ±inf and NaN give 0x7F | sign.
-inline uint8_t float_to_e4m3_torch(float x) {
-  const uint32_t b = std::bit_cast<uint32_t>(x);
-  const uint8_t sign = static_cast<uint8_t>((b >> 24) & 0x80u);
-  const uint32_t a = b & 0x7FFFFFFFu;
-  if (a >= 0x7F800000u) return sign | 0x7Fu;
-  const uint32_t c = quant_detail::e4m3_magnitude_code(a);
-  return sign | static_cast<uint8_t>(c > 0x7Eu ? 0x7Fu : c);
-}
+inline uint8_t float_to_e4m3_torch(float x) { return elem::float_to_e4m3_torch(x); }
 
 // max |x[j]| over the finite ones of n float32 values (NaN and ±inf are skipped), starting from
 // `init` (pass a previous result to extend a block over several rows); 0 when none is finite.
@@ -86,11 +47,11 @@ float abs_max(const float* x, size_t n, float init = 0.0f);
 float abs_max_scalar(const float* x, size_t n, float init);
 
 // Block / per-tensor scale of SPEC §2: float32 amax / 448 (amax 0 -> 1).
-inline float fp8_block_scale(float amax) { return amax == 0.0f ? 1.0f : amax / 448.0f; }
+inline float fp8_block_scale(float amax) { return elem::fp8_block_scale(amax); }
 
 // MXFP8 e8m0 scale byte of a finite amax >= 0: floor(log2(amax)) - 8 clamped to [-127, 127],
 // stored +127 (amax 0 -> 127).
-uint8_t mx_scale_byte(float amax);
+inline uint8_t mx_scale_byte(float amax) { return elem::mx_scale_byte(amax); }
 
 // Quantizes n values under one scale: codes[j] = float_to_e4m3_saturate(x[j] / scale), the
 // division in float32, with the CPU's widest kernel. For MXFP8 pass e8m0_to_float(mx_scale_byte(amax)).
