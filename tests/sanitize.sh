@@ -23,7 +23,7 @@ configure() {  # dir, sanitizers, more cmake arguments
   local dir=$1 san=$2
   shift 2
   cmake -S . -B "$dir" -G Ninja -DCMAKE_CXX_COMPILER=clang++ \
-    -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-O0 -DCKPT_SANITIZE="$san" "$@" >/dev/null
+    -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-O0 -DCKPT_SANITIZE="$san" -DCKPT_CUDA=OFF "$@" >/dev/null
 }
 
 stage() {  # name, then the command; prints the time it took

@@ -22,6 +22,10 @@
 #define CKPT_HD inline
 #endif
 
+namespace ckpt {
+enum class Fp8 : uint8_t { E4M3, E5M2 };
+}  // namespace ckpt
+
 namespace ckpt::elem {
 
 CKPT_HD float u2f(uint32_t b) {

@@ -15,7 +15,6 @@
 
 namespace ckpt {
 
-enum class Fp8 : uint8_t { E4M3, E5M2 };
 
 inline float fp8_to_float(uint8_t code, Fp8 format) {
   return format == Fp8::E4M3 ? elem::e4m3_to_float(code) : elem::e5m2_to_float(code);

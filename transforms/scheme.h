@@ -16,10 +16,10 @@
 #include <string_view>
 
 #include "formats/safetensors.h"
+#include "transforms/scale_scheme.h"
 
 namespace ckpt {
 
-enum class ScaleScheme : uint8_t { PerTensor, Block, Mx };
 std::string_view scheme_name(ScaleScheme s);  // "per-tensor", "block", "mxfp8"
 
 struct BlockSize {
@@ -35,8 +35,6 @@ struct DequantScheme {
   uint64_t block_rows = 1, block_cols = 1;
   uint64_t grid_cols = 1;
 };
-
-inline constexpr uint64_t kMxBlock = 32;
 
 // `quantization_config.weight_block_size` of a config (top level or `text_config`), when it is a
 // pair of positive integers; null or absent gives nullopt.
