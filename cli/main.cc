@@ -22,6 +22,7 @@
 #include "pipeline/summary.h"
 #include "pipeline/synth.h"
 #include "pipeline/verify.h"
+#include "transforms/family.h"
 #include "transforms/kernels.h"
 
 namespace {
@@ -37,7 +38,8 @@ struct ConvertArgs {
   std::string sink = "file", io = "mmap";
 };
 
-int run_convert(const ConvertArgs& a) {
+// The library's options for the command line, refusing option combinations that mean nothing.
+ConvertOptions convert_options(const ConvertArgs& a) {
   ConvertOptions o;
   o.in = a.in;
   o.out = a.out;
@@ -74,6 +76,11 @@ int run_convert(const ConvertArgs& a) {
   o.write.resume = a.resume;
   o.dry_run = a.dry_run;
   o.null_sink = a.sink == "null";
+  return o;
+}
+
+int run_convert(const ConvertArgs& a) {
+  ConvertOptions o = convert_options(a);
   Progress progress("converting", 0, isatty(STDERR_FILENO) && !a.json);
   o.run.on_progress = [&progress](uint64_t done, uint64_t total) { progress.update(done, total); };
   const ConvertSummary s = convert(o);
@@ -104,20 +111,30 @@ void configure_process() {
     if (const auto isa = parse_isa(name)) use_isa(*isa);
 }
 
-int run_inspect(const std::string& path, bool json) {
-  const Checkpoint ck = Checkpoint::open(path);
-  const InspectReport r = inspect(ck, path);
-  if (json) write_inspect_json(r, std::cout);
+struct InspectArgs {
+  std::string path;
+  bool json = false;
+};
+
+int run_inspect(const InspectArgs& a) {
+  const Checkpoint ck = Checkpoint::open(a.path);
+  const InspectReport r = inspect(ck, a.path);
+  if (a.json) write_inspect_json(r, std::cout);
   else write_inspect_text(r, std::cout);
   return 0;
 }
 
-int run_verify(const std::string& a, const std::string& b, std::optional<double> atol) {
-  const Checkpoint ca = Checkpoint::open(a), cb = Checkpoint::open(b);
-  const VerifyReport r = verify(ca, cb, VerifyOptions{atol, 0});
+struct VerifyArgs {
+  std::string a, b;
+  std::optional<double> atol;
+};
+
+int run_verify(const VerifyArgs& a) {
+  const Checkpoint ca = Checkpoint::open(a.a), cb = Checkpoint::open(a.b);
+  const VerifyReport r = verify(ca, cb, VerifyOptions{a.atol, 0});
   for (size_t i = 0; i < r.problems.size() && i < 20; ++i) fmt::print(stderr, "mismatch {}\n", r.problems[i]);
   if (r.problems.size() > 20) fmt::print(stderr, "... and {} more\n", r.problems.size() - 20);
-  const std::string tail = atol ? fmt::format(", max |diff| {:g}", r.max_abs_diff) : "";
+  const std::string tail = a.atol ? fmt::format(", max |diff| {:g}", r.max_abs_diff) : "";
   if (r.ok()) {
     fmt::print("match: {} tensors, {} bytes{}\n", r.compared, r.bytes, tail);
     return 0;
@@ -127,8 +144,14 @@ int run_verify(const std::string& a, const std::string& b, std::optional<double>
   return 1;
 }
 
-int run_synth(SynthOptions o, const std::string& size) {
-  if (!size.empty()) o.target_bytes = parse_size(size, "--size");
+struct SynthArgs {
+  SynthOptions options;
+  std::string size;
+};
+
+int run_synth(const SynthArgs& a) {
+  SynthOptions o = a.options;
+  if (!a.size.empty()) o.target_bytes = parse_size(a.size, "--size");
   const SynthSummary s = synth(o);
   fmt::print("{}: {} {} checkpoint, {} layers, {} tensors in {} shard(s), {}\n", o.out.string(), o.family,
              "HF-layout", s.layers, s.tensors, s.shards, Progress::bytes(static_cast<double>(s.bytes)));
@@ -156,7 +179,9 @@ std::vector<T> split_list(const std::string& text, const std::string& option, T 
   return v;
 }
 
-int run_bench(const BenchArgs& a, const std::string& invocation) {
+// bench's options: this executable for the child conversions, the parsed lists, and the scratch
+// directory (a fresh one under /dev/shm unless --work names one).
+BenchOptions bench_options(const BenchArgs& a) {
   BenchOptions o;
   o.exe = "/proc/self/exe";
   char self[4096];
@@ -184,7 +209,12 @@ int run_bench(const BenchArgs& a, const std::string& invocation) {
                                 fmt::format("ckptconv-bench-{}", getpid())
                           : std::filesystem::path(a.work);
   if (!a.json) o.log = [](const std::string& line) { fmt::print(stderr, "{}\n", line); };
-  struct Cleanup {
+  return o;
+}
+
+int run_bench(const BenchArgs& a, const std::string& invocation) {
+  const BenchOptions o = bench_options(a);
+  struct Cleanup {  // the scratch directory bench made for itself
     std::filesystem::path dir;
     bool owned;
     ~Cleanup() {
@@ -206,72 +236,75 @@ int run_bench(const BenchArgs& a, const std::string& invocation) {
   return 0;
 }
 
-}  // namespace
+// Each subcommand's options, bound to the arguments its run_ function reads. Options are listed
+// in --help in the order they are added.
 
-int main(int argc, char** argv) {
-  CLI::App app{"ckptconv: streaming conversion of safetensors checkpoints between the HuggingFace layout "
-               "and NeMo AutoModel's native layout, with exact FP8 dequantization.\n"
-               "Exit status: 0 success, 2 usage error, 3 invalid input, 4 I/O failure, 1 other."};
-  app.require_subcommand(1);
-  app.set_version_flag("--version", "ckptconv 0.1.0");
-
-  ConvertArgs ca;
-  auto* conv = app.add_subcommand("convert", "Convert a checkpoint (HF -> native, native -> HF, or FP8 -> dequantized HF)");
-  conv->add_option("--in", ca.in, "Input checkpoint: a directory of shards or one .safetensors file")->required();
-  conv->add_option("--out", ca.out, "Output directory (created; must be empty unless --overwrite)")->required();
-  std::vector<std::string> families{"auto"};
-  for (const auto& f : synth_families()) families.push_back(f);
-  conv->add_option("--family", ca.family, "Model family, or auto to read config.json")
-      ->capture_default_str()
-      ->check(CLI::IsMember(families));
-  conv->add_option("--to", ca.to, "Direction: dequant (FP8 weights to --dtype, names unchanged), native, hf")
-      ->capture_default_str();
-  conv->add_option("--dtype", ca.dtype, "Output dtype of dequantized weights: bf16, f16, f32")->capture_default_str();
-  conv->add_option("--ep-rank", ca.ep_rank, "Expert-parallel rank to write (with --ep-size)");
-  conv->add_option("--ep-size", ca.ep_size,
-                   "Expert-parallel world size; without --ep-rank every rank is written, to rank-0000/ ...");
-  conv->add_option("--mtp", ca.mtp, "Multi-token-prediction layers: auto, on, off")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "on", "off"}));
-  conv->add_option("--quantize", ca.quantize, "FP8 export for --to hf: none, placeholder, real")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"none", "placeholder", "real"}));
-  conv->add_option("--max-shard-size", ca.max_shard, "Largest output shard (e.g. 5GB, 512MiB)")->capture_default_str();
-  conv->add_option("--threads", ca.threads, "Worker threads (0: all cores)")->capture_default_str();
-  conv->add_option("--memory-budget", ca.budget, "Bytes in flight at once (e.g. 1GiB, 256MiB)")->capture_default_str();
-  conv->add_option("--device", ca.device, "Where to dequantize: auto, cpu, cuda")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
-  conv->add_flag("--overwrite", ca.overwrite, "Replace the checkpoint in a non-empty --out");
-  conv->add_flag("--resume", ca.resume,
+// convert's switches and its I/O choices, after its valued options.
+void add_convert_flags(CLI::App* conv, ConvertArgs& a) {
+  conv->add_flag("--overwrite", a.overwrite, "Replace the checkpoint in a non-empty --out");
+  conv->add_flag("--resume", a.resume,
                  "Finish an interrupted conversion in --out: complete shards are verified and kept, "
                  "the rest written (same options and inputs required)");
-  conv->add_flag("--json", ca.json, "Print a JSON summary of the run on stdout");
-  conv->add_flag("--dry-run", ca.dry_run, "Open, validate and plan only: report what would be written");
-  conv->add_option("--io", ca.io,
+  conv->add_flag("--json", a.json, "Print a JSON summary of the run on stdout");
+  conv->add_flag("--dry-run", a.dry_run, "Open, validate and plan only: report what would be written");
+  conv->add_option("--io", a.io,
                    "How inputs are read: mmap (in place, no copy; best on local disks and tmpfs) or pread "
                    "(large positional reads into reused buffers; for network filesystems)")
       ->capture_default_str()
       ->check(CLI::IsMember({"mmap", "pread"}));
-  conv->add_option("--sink", ca.sink, "file: write the output; null: convert everything but discard it (benchmarks)")
+  conv->add_option("--sink", a.sink, "file: write the output; null: convert everything but discard it (benchmarks)")
       ->capture_default_str()
       ->check(CLI::IsMember({"file", "null"}));
+}
 
-  std::string ipath;
-  bool ijson = false;
+CLI::App* add_convert(CLI::App& app, ConvertArgs& a) {
+  auto* conv = app.add_subcommand("convert", "Convert a checkpoint (HF -> native, native -> HF, or FP8 -> dequantized HF)");
+  conv->add_option("--in", a.in, "Input checkpoint: a directory of shards or one .safetensors file")->required();
+  conv->add_option("--out", a.out, "Output directory (created; must be empty unless --overwrite)")->required();
+  std::vector<std::string> families{"auto"};
+  for (const auto& f : family_names()) families.push_back(f);
+  conv->add_option("--family", a.family, "Model family, or auto to read config.json")
+      ->capture_default_str()
+      ->check(CLI::IsMember(families));
+  conv->add_option("--to", a.to, "Direction: dequant (FP8 weights to --dtype, names unchanged), native, hf")
+      ->capture_default_str();
+  conv->add_option("--dtype", a.dtype, "Output dtype of dequantized weights: bf16, f16, f32")->capture_default_str();
+  conv->add_option("--ep-rank", a.ep_rank, "Expert-parallel rank to write (with --ep-size)");
+  conv->add_option("--ep-size", a.ep_size,
+                   "Expert-parallel world size; without --ep-rank every rank is written, to rank-0000/ ...");
+  conv->add_option("--mtp", a.mtp, "Multi-token-prediction layers: auto, on, off")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  conv->add_option("--quantize", a.quantize, "FP8 export for --to hf: none, placeholder, real")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "placeholder", "real"}));
+  conv->add_option("--max-shard-size", a.max_shard, "Largest output shard (e.g. 5GB, 512MiB)")->capture_default_str();
+  conv->add_option("--threads", a.threads, "Worker threads (0: all cores)")->capture_default_str();
+  conv->add_option("--memory-budget", a.budget, "Bytes in flight at once (e.g. 1GiB, 256MiB)")->capture_default_str();
+  conv->add_option("--device", a.device, "Where to dequantize: auto, cpu, cuda")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  add_convert_flags(conv, a);
+  return conv;
+}
+
+CLI::App* add_inspect(CLI::App& app, InspectArgs& a) {
   auto* insp = app.add_subcommand("inspect", "List tensors, dtypes, shapes, sizes and detected FP8 schemes");
-  insp->add_option("PATH", ipath, "Checkpoint directory or .safetensors file")->required();
-  insp->add_flag("--json", ijson, "Machine-readable output");
+  insp->add_option("PATH", a.path, "Checkpoint directory or .safetensors file")->required();
+  insp->add_flag("--json", a.json, "Machine-readable output");
+  return insp;
+}
 
-  std::string va, vb;
-  std::optional<double> atol;
+CLI::App* add_verify(CLI::App& app, VerifyArgs& a) {
   auto* ver = app.add_subcommand("verify", "Compare two checkpoints tensor by tensor (exit 0 only if they match)");
-  ver->add_option("A", va, "First checkpoint")->required();
-  ver->add_option("B", vb, "Second checkpoint")->required();
-  ver->add_option("--atol", atol, "Allow floating-point elements to differ by this much");
+  ver->add_option("A", a.a, "First checkpoint")->required();
+  ver->add_option("B", a.b, "Second checkpoint")->required();
+  ver->add_option("--atol", a.atol, "Allow floating-point elements to differ by this much");
+  return ver;
+}
 
-  SynthOptions so;
-  std::string ssize;
+CLI::App* add_synth(CLI::App& app, SynthArgs& a) {
+  SynthOptions& so = a.options;
   auto* syn = app.add_subcommand("synth", "Write a synthetic HF-layout FP8 checkpoint of a model family");
   syn->add_option("--family", so.family, "Family: " + fmt::format("{}", fmt::join(synth_families(), ", ")))->required();
   syn->add_option("--out", so.out, "Output directory (must not exist or be empty)")->required();
@@ -281,52 +314,69 @@ int main(int argc, char** argv) {
   syn->add_option("--inter", so.inter, "Expert (MoE) intermediate size")->capture_default_str();
   syn->add_option("--shards", so.shards, "Number of shard files")->capture_default_str();
   syn->add_option("--seed", so.seed, "Random seed")->capture_default_str();
-  syn->add_option("--size", ssize, "Target total size (e.g. 2GB); picks the number of layers");
+  syn->add_option("--size", a.size, "Target total size (e.g. 2GB); picks the number of layers");
   syn->add_option("--threads", so.threads, "Worker threads (0: all cores)");
   syn->add_flag("--sparse", so.sparse, "Headers and file sizes only (data reads as zeros, takes no disk)");
+  return syn;
+}
 
-  BenchArgs ba;
+CLI::App* add_bench(CLI::App& app, BenchArgs& a) {
   auto* bench = app.add_subcommand(
       "bench", "Measure conversions against the floor of this machine: median wall time, GB/s, peak RSS, "
                "time per stage, and in the same rounds a cp of the same output bytes and a large memcpy");
-  bench->add_option("--in", ba.in, "Convert this checkpoint (default: synthesize one per --sizes)");
-  bench->add_option("--family", ba.family, "Family to synthesize (or of --in)")->capture_default_str();
-  bench->add_option("--sizes", ba.sizes, "Synthesized input sizes, comma-separated (e.g. 1GB,2GB,4GB)")
+  bench->add_option("--in", a.in, "Convert this checkpoint (default: synthesize one per --sizes)");
+  bench->add_option("--family", a.family, "Family to synthesize (or of --in)")->capture_default_str();
+  bench->add_option("--sizes", a.sizes, "Synthesized input sizes, comma-separated (e.g. 1GB,2GB,4GB)")
       ->capture_default_str();
-  bench->add_option("--threads", ba.threads, "Thread counts to compare, comma-separated (0: all cores)")
+  bench->add_option("--threads", a.threads, "Thread counts to compare, comma-separated (0: all cores)")
       ->capture_default_str();
-  bench->add_option("--runs", ba.runs, "Rounds per point (medians are reported)")->capture_default_str();
-  bench->add_option("--to", ba.to, "Conversion direction: native, dequant, hf")->capture_default_str();
-  bench->add_option("--io", ba.io, "Input reads: mmap or pread")->capture_default_str()->check(CLI::IsMember({"mmap", "pread"}));
-  bench->add_option("--sink", ba.sink, "file, or null to convert without storing")
+  bench->add_option("--runs", a.runs, "Rounds per point (medians are reported)")->capture_default_str();
+  bench->add_option("--to", a.to, "Conversion direction: native, dequant, hf")->capture_default_str();
+  bench->add_option("--io", a.io, "Input reads: mmap or pread")->capture_default_str()->check(CLI::IsMember({"mmap", "pread"}));
+  bench->add_option("--sink", a.sink, "file, or null to convert without storing")
       ->capture_default_str()
       ->check(CLI::IsMember({"file", "null"}));
-  bench->add_option("--memory-budget", ba.budget, "Bytes in flight per conversion")->capture_default_str();
-  bench->add_option("--max-shard-size", ba.max_shard_size,
+  bench->add_option("--memory-budget", a.budget, "Bytes in flight per conversion")->capture_default_str();
+  bench->add_option("--max-shard-size", a.max_shard_size,
                     "Output shard size of the conversions (default: convert's). Concurrent writes into one file "
                     "queue on its lock; real checkpoints have many shards");
-  bench->add_option("--work", ba.work, "Scratch directory for inputs, outputs and copies (default: /dev/shm)");
-  bench->add_option("--report", ba.report, "Also write a markdown report to this file");
-  bench->add_option("--plot", ba.plot, "Write PREFIX-threads.png and PREFIX-size.png with gnuplot");
-  bench->add_flag("--no-floor", ba.no_floor, "Skip the cp and memcpy floors");
-  bench->add_flag("--json", ba.json, "Print the results as JSON on stdout");
+  bench->add_option("--work", a.work, "Scratch directory for inputs, outputs and copies (default: /dev/shm)");
+  bench->add_option("--report", a.report, "Also write a markdown report to this file");
+  bench->add_option("--plot", a.plot, "Write PREFIX-threads.png and PREFIX-size.png with gnuplot");
+  bench->add_flag("--no-floor", a.no_floor, "Skip the cp and memcpy floors");
+  bench->add_flag("--json", a.json, "Print the results as JSON on stdout");
+  return bench;
+}
 
-  configure_process();
+// Every subcommand's arguments, and which subcommand the command line chose.
+struct Command {
+  ConvertArgs convert;
+  InspectArgs inspect;
+  VerifyArgs verify;
+  SynthArgs synth;
+  BenchArgs bench;
+  CLI::App *convert_app, *inspect_app, *verify_app, *synth_app, *bench_app;
+
+  explicit Command(CLI::App& app)
+      : convert_app(add_convert(app, convert)),
+        inspect_app(add_inspect(app, inspect)),
+        verify_app(add_verify(app, verify)),
+        synth_app(add_synth(app, synth)),
+        bench_app(add_bench(app, bench)) {}
+};
+
+// Runs the chosen subcommand, mapping every failure to one line on stderr and the exit status of
+// its kind.
+int run_command(const Command& c, int argc, char** argv) {
   try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
-  try {
-    if (*conv) return run_convert(ca);
-    if (*insp) return run_inspect(ipath, ijson);
-    if (*ver) return run_verify(va, vb, atol);
-    if (*syn) return run_synth(so, ssize);
-    if (*bench) {
+    if (*c.convert_app) return run_convert(c.convert);
+    if (*c.inspect_app) return run_inspect(c.inspect);
+    if (*c.verify_app) return run_verify(c.verify);
+    if (*c.synth_app) return run_synth(c.synth);
+    if (*c.bench_app) {
       std::string invocation = "ckptconv";
       for (int i = 1; i < argc; ++i) invocation += std::string(" ") + argv[i];
-      return run_bench(ba, invocation);
+      return run_bench(c.bench, invocation);
     }
   } catch (const ckpt::Error& e) {
     fmt::print(stderr, "ckptconv: {}\n", e.what());
@@ -339,4 +389,24 @@ int main(int argc, char** argv) {
     return 1;
   }
   return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ckptconv: streaming conversion of safetensors checkpoints between the HuggingFace layout "
+               "and NeMo AutoModel's native layout, with exact FP8 dequantization.\n"
+               "Exit status: 0 success, 2 usage error, 3 invalid input, 4 I/O failure, 1 other."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "ckptconv 0.1.0");
+  const Command command(app);
+
+  configure_process();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  return run_command(command, argc, argv);
 }

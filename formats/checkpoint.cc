@@ -23,8 +23,12 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
+using Shards = std::vector<std::unique_ptr<SafetensorsFile>>;
+using WeightMap = std::vector<std::pair<std::string, std::string>>;  // (tensor, shard file) in index order
+using ShardsByName = std::unordered_map<std::string, const SafetensorsFile*>;
+
 // The shard names the index lists, checked against its weight map later.
-std::vector<std::pair<std::string, std::string>> read_weight_map(const fs::path& index_path) {
+WeightMap read_weight_map(const fs::path& index_path) {
   const std::string text = read_text(index_path);
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
@@ -33,7 +37,7 @@ std::vector<std::pair<std::string, std::string>> read_weight_map(const fs::path&
   simdjson::dom::object wm;
   if (doc["weight_map"].get_object().get(wm))
     fail_input("{}: missing \"weight_map\" object", index_path.string());
-  std::vector<std::pair<std::string, std::string>> out;
+  WeightMap out;
   std::set<std::string_view> seen;
   for (auto [k, v] : wm) {
     std::string_view file;
@@ -59,6 +63,90 @@ bool is_weight_file(const fs::path& p) {
          name.ends_with(".index.json");
 }
 
+// The shards the index lists, each once, opened in name order. A missing or irregular one is named
+// before any is read (opening a FIFO would block forever, and a directory or device is no shard).
+Shards open_listed_shards(const fs::path& dir, const fs::path& index, const WeightMap& entries,
+                          ShardsByName& by_file) {
+  std::vector<std::string> shard_names;
+  for (const auto& [_, f] : entries)
+    if (std::find(shard_names.begin(), shard_names.end(), f) == shard_names.end()) shard_names.push_back(f);
+  std::sort(shard_names.begin(), shard_names.end());
+  Shards files;
+  for (const auto& f : shard_names) {
+    if (!fs::exists(dir / f))
+      fail_input("{}: lists shard '{}', which does not exist", index.string(), f);
+    if (!fs::is_regular_file(dir / f))
+      fail_input("{}: lists shard '{}', which is not a regular file", index.string(), f);
+    files.push_back(std::make_unique<SafetensorsFile>(dir / f));
+    by_file[f] = files.back().get();
+  }
+  return files;
+}
+
+// The weight map and the shards' headers must agree both ways: every listed tensor is in its
+// shard, and every tensor of a shard is listed.
+void check_weight_map(const fs::path& index, const WeightMap& entries, const Shards& files,
+                      const ShardsByName& by_file) {
+  size_t listed = 0;
+  for (const auto& [tensor, f] : entries) {
+    if (!by_file.at(f)->find(tensor))
+      fail_input("{}: weight_map puts '{}' in {}, whose header has no such tensor",
+                 index.string(), tensor, f);
+    ++listed;
+  }
+  size_t in_shards = 0;
+  for (const auto& f : files) in_shards += f->tensors().size();
+  if (in_shards == listed) return;
+  std::set<std::string_view> names;
+  for (const auto& [tensor, _] : entries) names.insert(tensor);
+  for (const auto& f : files)
+    for (const auto& t : f->tensors())
+      if (!names.count(t.name))
+        fail_input("{}: tensor '{}' of {} is missing from the weight_map", index.string(),
+                   t.name, f->path().filename().string());
+}
+
+Shards open_indexed(const fs::path& dir, const fs::path& index) {
+  const WeightMap entries = read_weight_map(index);
+  ShardsByName by_file;
+  Shards files = open_listed_shards(dir, index, entries, by_file);
+  check_weight_map(index, entries, files, by_file);
+  return files;
+}
+
+// Without an index: every visible .safetensors file of the directory, in name order.
+Shards open_unindexed(const fs::path& dir) {
+  std::vector<fs::path> shards;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() == ".safetensors" && e.path().filename().string()[0] != '.')
+      shards.push_back(e.path());
+  std::sort(shards.begin(), shards.end());
+  if (shards.empty()) fail_input("{}: no .safetensors files found", dir.string());
+  Shards files;
+  for (const auto& s : shards) files.push_back(std::make_unique<SafetensorsFile>(s));
+  return files;
+}
+
+// config.json when there is one: a JSON object, nested no deeper than writing it back allows.
+std::optional<nlohmann::ordered_json> read_config(const fs::path& config) {
+  if (!fs::exists(config)) return std::nullopt;
+  std::optional<nlohmann::ordered_json> c;
+  try {
+    // Writing config.json back recurses once per level, so absurd nesting is refused here.
+    constexpr int kMaxConfigDepth = 64;
+    c = nlohmann::ordered_json::parse(
+        read_text(config), [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
+          if (depth > kMaxConfigDepth)
+            fail_input("{}: nested deeper than {} levels", config.string(), kMaxConfigDepth);
+          return true;
+        });
+  } catch (const nlohmann::json::exception& e) {
+    fail_input("{}: not valid JSON: {}", config.string(), e.what());
+  }
+  if (!c->is_object()) fail_input("{}: not a JSON object", config.string());
+  return c;
+}
+
 }  // namespace
 
 Checkpoint Checkpoint::open(const fs::path& path) {
@@ -71,84 +159,24 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   } else if (fs::is_directory(path, ec)) {
     c.dir_ = path;
     const fs::path index = path / kIndexName;
-    if (fs::exists(index)) {
-      const auto entries = read_weight_map(index);
-      std::vector<std::string> shard_names;
-      for (const auto& [_, f] : entries)
-        if (std::find(shard_names.begin(), shard_names.end(), f) == shard_names.end())
-          shard_names.push_back(f);
-      std::sort(shard_names.begin(), shard_names.end());
-      std::unordered_map<std::string, const SafetensorsFile*> by_file;
-      for (const auto& f : shard_names) {
-        if (!fs::exists(path / f))
-          fail_input("{}: lists shard '{}', which does not exist", index.string(), f);
-        // Opening a FIFO would block forever and a directory or device is no shard.
-        if (!fs::is_regular_file(path / f))
-          fail_input("{}: lists shard '{}', which is not a regular file", index.string(), f);
-        c.files_.push_back(std::make_unique<SafetensorsFile>(path / f));
-        by_file[f] = c.files_.back().get();
-      }
-      size_t listed = 0;
-      for (const auto& [tensor, f] : entries) {
-        if (!by_file[f]->find(tensor))
-          fail_input("{}: weight_map puts '{}' in {}, whose header has no such tensor",
-                     index.string(), tensor, f);
-        ++listed;
-      }
-      size_t in_shards = 0;
-      for (const auto& f : c.files_) in_shards += f->tensors().size();
-      if (in_shards != listed) {
-        std::set<std::string_view> names;
-        for (const auto& [tensor, _] : entries) names.insert(tensor);
-        for (const auto& f : c.files_)
-          for (const auto& t : f->tensors())
-            if (!names.count(t.name))
-              fail_input("{}: tensor '{}' of {} is missing from the weight_map", index.string(),
-                         t.name, f->path().filename().string());
-      }
-    } else {
-      std::vector<fs::path> shards;
-      for (const auto& e : fs::directory_iterator(path))
-        if (e.is_regular_file() && e.path().extension() == ".safetensors" &&
-            e.path().filename().string()[0] != '.')
-          shards.push_back(e.path());
-      std::sort(shards.begin(), shards.end());
-      if (shards.empty()) fail_input("{}: no .safetensors files found", path.string());
-      for (const auto& s : shards) c.files_.push_back(std::make_unique<SafetensorsFile>(s));
-    }
+    c.files_ = fs::exists(index) ? open_indexed(path, index) : open_unindexed(path);
   } else {
     fail(ErrorKind::Io, "{}: no such file or directory", path.string());
   }
 
+  // One name space over all shards: a tensor in two shards is refused, not shadowed.
   for (const auto& f : c.files_) {
     c.metadata_.insert(f->header().metadata.begin(), f->header().metadata.end());  // keeps the first
     for (const auto& t : f->tensors()) {
-      const TensorRef ref{f.get(), &t};
       auto [it, fresh] = c.by_name_.emplace(t.name, c.tensors_.size());
       if (!fresh)
         fail_input("{}: tensor '{}' also appears in {}", f->path().string(), t.name,
                    c.tensors_[it->second].file->path().string());
-      c.tensors_.push_back(ref);
+      c.tensors_.push_back(TensorRef{f.get(), &t});
       c.total_bytes_ += t.nbytes();
     }
   }
-
-  const fs::path config = c.dir_ / "config.json";
-  if (fs::exists(config)) {
-    try {
-      // Writing config.json back recurses once per level, so absurd nesting is refused here.
-      constexpr int kMaxConfigDepth = 64;
-      c.config_ = nlohmann::ordered_json::parse(
-          read_text(config), [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
-            if (depth > kMaxConfigDepth)
-              fail_input("{}: nested deeper than {} levels", config.string(), kMaxConfigDepth);
-            return true;
-          });
-    } catch (const nlohmann::json::exception& e) {
-      fail_input("{}: not valid JSON: {}", config.string(), e.what());
-    }
-    if (!c.config_->is_object()) fail_input("{}: not a JSON object", config.string());
-  }
+  c.config_ = read_config(c.dir_ / "config.json");
   return c;
 }
 

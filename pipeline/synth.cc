@@ -3,8 +3,10 @@
 // Every family is described by data, not code: a list of tensor groups (a name prefix, how many
 // times the group repeats, and which "layer kind" each repetition has) whose tensor templates give
 // a name suffix, an element kind, a shape written in symbolic dimensions, and the layer kinds the
-// template appears in. FP8 templates get their scale partner(s) from the family's scale scheme. The
-// dimensions are derived from the options once; the only per-family code is the config.json.
+// template appears in. FP8 templates get their scale partner(s) from the scheme of the family's FP8
+// release, which the converter's family rules (transforms/family.h) hold: those rules are the one
+// table of families, and synth's rows are keyed by their names. The dimensions are derived from
+// the options once; the only per-family code is the config.json.
 //
 // Tensor bytes come from a counter-based generator keyed by (seed, tensor name): 8-byte word `j` of
 // a tensor is a pure function of the key and `j`, so any byte range of any tensor can be produced
@@ -24,10 +26,13 @@
 #include <fmt/ranges.h>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string_view>
 
 #include "formats/error.h"
 #include "formats/writer.h"
+#include "transforms/family.h"
+#include "transforms/scheme.h"
 
 namespace ckpt {
 
@@ -150,14 +155,6 @@ enum class Kind : uint8_t {
   NORM,  // BF16 around 1
 };
 
-// How a family scales its FP8 weights (SPEC §2).
-enum class Scheme : uint8_t {
-  None,
-  Block128,   // F32 weight_scale_inv [ceil(out/128), ceil(in/128)]
-  Mx32,       // U8 weight_scale_inv [out, ceil(in/32)]
-  PerTensor,  // weight_scale_inv (F32 [] / F32 [1] / BF16 [1], rotating) + F32 [] activation_scale
-};
-
 struct Tpl {
   const char* name;                  // suffix after the group prefix; "{E}" is the expert id
   Kind kind;
@@ -178,17 +175,22 @@ struct Group {
   char kind = '1';
 };
 
+// What synth adds to a family of the converter's table (transforms/family.h), whose row is the
+// one place for what both know: the family's name (this row's key; the rules' order is
+// synth_families()'s), its FP8 scheme and whether it has routed experts. The rest is what only a
+// generator needs: the hub release's tensor layout and config.json.
 struct Family {
-  const char* name;
-  Scheme scheme;
+  std::string_view name;      // FamilyRules::name
   const char* head_pattern;   // kinds of the first main layers
   const char* cycle_pattern;  // kinds of the remaining main layers, repeated
-  bool moe;                   // has routed experts (`experts` is ignored otherwise)
   uint32_t dense_mul;         // dense MLP intermediate = dense_mul * inter
   uint32_t shared_x2;         // shared-expert intermediate = inter * shared_x2 / 2, rounded up
   uint32_t shared_align;      //   to a multiple of shared_align
   std::vector<Group> groups;
   ojson (*config)(const SynthOptions&, const Dims&, uint32_t layers);
+  // From the converter's rules (see with_rules), not restated here:
+  std::optional<ScaleScheme> scheme = std::nullopt;  // of the FP8 weights; none: no FP8 release
+  bool moe = false;  // has routed experts (`experts` is ignored otherwise)
 };
 
 // Layer kinds: E MoE, D dense, S MoE + sparse-attention indexer (M3), M Mamba, * attention (Nemotron),
@@ -577,15 +579,29 @@ ojson config_deepseek(const SynthOptions& o, const Dims& d, uint32_t layers) {
 
 // --- the table ---
 
-const std::vector<Family>& families() {
-  static const std::vector<Family> table = {
-      {"minimax_m2", Scheme::Block128, "", "E", true, 2, 2, 1,
+// The rows in the order of the converter's families, each completed with what the rules say of
+// its family. Every family of the rules must have a row.
+std::vector<Family> with_rules(std::vector<Family> rows) {
+  std::vector<Family> table;
+  for (const FamilyRules& r : families()) {
+    const auto row = std::find_if(rows.begin(), rows.end(), [&](const Family& f) { return f.name == r.name; });
+    if (row == rows.end()) fail(ErrorKind::Internal, "synth: no tensor layout for family '{}'", r.name);
+    row->scheme = fp8_release_scheme(r);
+    row->moe = !r.hf_experts.segment.empty();
+    table.push_back(std::move(*row));
+  }
+  return table;
+}
+
+const std::vector<Family>& synth_table() {
+  static const std::vector<Family> table = with_rules({
+      {"minimax_m2", "", "E", 2, 2, 1,
        {{"model.", 1, {&kEmbed}},
         {"model.layers.{L}.", kMain, {&kLayerNorms, &kGqaAttention, &kM2Layer}},
         {"model.", 1, {&kFinalNorm}},
         {"", 1, {&kLmHead}}},
        config_m2},
-      {"minimax_m3", Scheme::Mx32, "D", "S", true, 2, 2, 1,
+      {"minimax_m3", "D", "S", 2, 2, 1,
        {{"model.", 1, {&kEmbed}},
         {"model.layers.{L}.", kMain, {&kLayerNorms, &kGqaAttention, &kDenseMlp, &kM3Layer}},
         {"model.", 1, {&kFinalNorm}},
@@ -593,7 +609,7 @@ const std::vector<Family>& families() {
         {"model.mtp.layers.0.", 1, {&kM3MtpHead}},
         {"model.mtp.layers.0.transformer_layer.", 1, {&kLayerNorms, &kGqaAttention, &kM3Layer}, 'S'}},
        config_m3},
-      {"minimax_m3_vl", Scheme::Mx32, "D", "S", true, 2, 2, 1,
+      {"minimax_m3_vl", "D", "S", 2, 2, 1,
        {{"language_model.model.", 1, {&kEmbed}},
         {"language_model.model.layers.{L}.", kMain,
          {&kLayerNorms, &kGqaAttention, &kDenseMlp, &kM3Layer}},
@@ -607,7 +623,7 @@ const std::vector<Family>& families() {
         {"multi_modal_projector.", 1, {&kM3Projector}},
         {"patch_merge_mlp.", 1, {&kM3PatchMerge}}},
        config_m3_vl},
-      {"mistral3_vlm", Scheme::PerTensor, "", "D", false, 1, 2, 1,
+      {"mistral3_vlm", "", "D", 1, 2, 1,
        {{"language_model.model.", 1, {&kEmbed}},
         {"language_model.model.layers.{L}.", kMain, {&kLayerNorms, &kGqaAttention, &kDenseMlp}},
         {"language_model.model.", 1, {&kFinalNorm}},
@@ -616,13 +632,13 @@ const std::vector<Family>& families() {
         {"vision_tower.transformer.layers.{L}.", 1, {&kMistralVisionLayer}},
         {"multi_modal_projector.", 1, {&kMistralProjector}}},
        config_mistral_vlm},
-      {"mistral3_causal", Scheme::PerTensor, "", "D", false, 1, 2, 1,
+      {"mistral3_causal", "", "D", 1, 2, 1,
        {{"model.", 1, {&kEmbed}},
         {"model.layers.{L}.", kMain, {&kLayerNorms, &kGqaAttention, &kDenseMlp}},
         {"model.", 1, {&kFinalNorm}},
         {"", 1, {&kLmHead}}},
        config_mistral_causal},
-      {"nemotron_v3", Scheme::None, "", "ME*E", true, 2, 3, 16,
+      {"nemotron_v3", "", "ME*E", 2, 3, 16,
        {{"backbone.", 1, {&kNemotronTop}},
         {"backbone.layers.{L}.", kMain, {&kNemotronLayer}},
         {"backbone.", 1, {&kNemotronTail}},
@@ -630,13 +646,13 @@ const std::vector<Family>& families() {
         {"mtp.layers.0.", 1, {&kNemotronLayer}, 'A'},
         {"mtp.layers.1.", 1, {&kNemotronLayer}, 'F'}},
        config_nemotron},
-      {"deepseek_v3", Scheme::Block128, "D", "E", true, 2, 2, 1,
+      {"deepseek_v3", "D", "E", 2, 2, 1,
        {{"model.", 1, {&kEmbed}},
         {"model.layers.{L}.", kMain, {&kLayerNorms, &kDeepseekLayer, &kDenseMlp}},
         {"model.", 1, {&kFinalNorm}},
         {"", 1, {&kLmHead}}},
        config_deepseek},
-  };
+  });
   return table;
 }
 
@@ -656,8 +672,8 @@ char main_kind(const Family& f, uint32_t layer) {
 
 std::string nemotron_pattern(uint32_t layers) {
   const Family* f = nullptr;
-  for (const auto& fam : families())
-    if (std::string_view(fam.name) == "nemotron_v3") f = &fam;
+  for (const auto& fam : synth_table())
+    if (fam.name == "nemotron_v3") f = &fam;
   std::string p;
   for (uint32_t l = 0; l < layers; ++l) p += main_kind(*f, l);
   return p;
@@ -691,6 +707,34 @@ bool has_kind(const char* kinds, char k) {
   return kinds[0] == '\0' || std::strchr(kinds, k) != nullptr;
 }
 
+// Calls `emit(name, dtype, shape, gen)` for the scale partner(s) of the FP8 weight "{base}weight"
+// [out, in], in the family's scheme (SPEC §2). `variant` picks the per-tensor form: the hub's
+// Mistral3 FP8 releases use several, so synth rotates through them.
+template <typename Emit>
+void emit_scales(const Family& f, const std::string& base, uint64_t out, uint64_t in, uint32_t variant,
+                 Emit& emit) {
+  if (!f.scheme) return;
+  switch (*f.scheme) {
+    case ScaleScheme::Block: {
+      const BlockSize block{};  // 128 × 128, as the config's weight_block_size says
+      emit(base + "weight_scale_inv", DType::F32, {ceil_div(out, block.rows), ceil_div(in, block.cols)},
+           Gen::F32Scale);
+      break;
+    }
+    case ScaleScheme::Mx:
+      emit(base + "weight_scale_inv", DType::U8, {out, ceil_div(in, kMxBlock)}, Gen::U8Scale);
+      break;
+    case ScaleScheme::PerTensor:
+      switch (variant % 3) {
+        case 0: emit(base + "weight_scale_inv", DType::F32, {}, Gen::F32Scale); break;
+        case 1: emit(base + "weight_scale_inv", DType::F32, {1}, Gen::F32Scale); break;
+        default: emit(base + "weight_scale_inv", DType::BF16, {1}, Gen::Bf16Scale); break;
+      }
+      emit(base + "activation_scale", DType::F32, {}, Gen::F32Scale);
+      break;
+  }
+}
+
 // Calls `emit(name, dtype, shape, gen)` for every tensor of group repetition `rep` of kind `kind`.
 // `serial` counts FP8 weights within the repetition (it rotates the Mistral scale variants).
 template <typename Emit>
@@ -716,25 +760,7 @@ void expand_layer(const Family& f, const Group& g, uint32_t rep, char kind, cons
             const uint64_t out = shape.at(0), in = shape.at(1);
             const std::string base = name.substr(0, name.size() - std::string_view("weight").size());
             emit(std::move(name), DType::F8_E4M3, shape, Gen::Fp8);
-            switch (f.scheme) {
-              case Scheme::None: break;
-              case Scheme::Block128:
-                emit(base + "weight_scale_inv", DType::F32, {ceil_div(out, 128), ceil_div(in, 128)},
-                     Gen::F32Scale);
-                break;
-              case Scheme::Mx32:
-                emit(base + "weight_scale_inv", DType::U8, {out, ceil_div(in, 32)}, Gen::U8Scale);
-                break;
-              case Scheme::PerTensor:
-                // The hub's Mistral3 FP8 releases use several scale forms; rotate through them.
-                switch ((rep + serial) % 3) {
-                  case 0: emit(base + "weight_scale_inv", DType::F32, {}, Gen::F32Scale); break;
-                  case 1: emit(base + "weight_scale_inv", DType::F32, {1}, Gen::F32Scale); break;
-                  default: emit(base + "weight_scale_inv", DType::BF16, {1}, Gen::Bf16Scale); break;
-                }
-                emit(base + "activation_scale", DType::F32, {}, Gen::F32Scale);
-                break;
-            }
+            emit_scales(f, base, out, in, rep + serial, emit);
             ++serial;
             break;
           }
@@ -908,7 +934,7 @@ struct ShardPlan {
 };
 
 const Family& find_family(const std::string& name) {
-  for (const auto& f : families())
+  for (const auto& f : synth_table())
     if (name == f.name) return f;
   fail_usage("synth: unknown family '{}' (known: {})", name, fmt::join(synth_families(), ", "));
 }
@@ -927,19 +953,7 @@ void check_out_dir(const fs::path& out) {
   }
 }
 
-}  // namespace
-
-const std::vector<std::string>& synth_families() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> n;
-    for (const auto& f : families()) n.emplace_back(f.name);
-    return n;
-  }();
-  return names;
-}
-
-SynthSummary synth(const SynthOptions& o) {
-  const Family& fam = find_family(o.family);
+void check_options(const SynthOptions& o) {
   if (o.target_bytes == 0 && o.layers == 0) fail_usage("synth: --layers must be at least 1");
   if (o.experts == 0) fail_usage("synth: --experts must be at least 1");
   if (o.hidden == 0) fail_usage("synth: --hidden must be at least 1");
@@ -947,100 +961,119 @@ SynthSummary synth(const SynthOptions& o) {
   if (o.shards == 0) fail_usage("synth: --shards must be at least 1");
   if (o.hidden > (1ull << 24) || o.inter > (1ull << 24) || o.experts > (1u << 16))
     fail_usage("synth: sizes too large (hidden and inter at most 2^24, experts at most 65536)");
+}
 
-  const Dims d = derive_dims(o, fam);
-  const uint32_t layers =
-      o.target_bytes > 0 ? layers_for_target(fam, d, o.experts, o.target_bytes) : o.layers;
-  check_out_dir(o.out);
-
-  // 1. The tensor list, in file order.
-  std::vector<PlannedTensor> all;
-  expand_all(fam, d, layers, o.experts,
-             [&](std::string&& name, DType t, const std::vector<uint64_t>& shape, Gen g) {
-               all.push_back({OutTensor{std::move(name), t, shape}, g});
-             });
-  std::vector<uint64_t> sizes(all.size());
+// Every tensor of the checkpoint in file order, with its byte size.
+struct TensorList {
+  std::vector<PlannedTensor> tensors;
+  std::vector<uint64_t> sizes;
   uint64_t total = 0;
-  for (size_t i = 0; i < all.size(); ++i) {
-    sizes[i] = bytes_of(all[i].t.dtype, all[i].t.shape);
-    total += sizes[i];
-  }
+};
 
-  // 2. Shards: consecutive runs balanced by bytes (a tensor goes to the shard its middle byte
-  // falls in), every shard non-empty, none skipped.
-  const size_t n_tensors = all.size();
-  const size_t n_shards = std::min<size_t>(o.shards, n_tensors);
+TensorList list_tensors(const Family& fam, const Dims& d, uint32_t layers, uint32_t experts) {
+  TensorList l;
+  expand_all(fam, d, layers, experts, [&](std::string&& name, DType t, const std::vector<uint64_t>& shape, Gen g) {
+    l.tensors.push_back({OutTensor{std::move(name), t, shape}, g});
+  });
+  l.sizes.resize(l.tensors.size());
+  for (size_t i = 0; i < l.tensors.size(); ++i) {
+    l.sizes[i] = bytes_of(l.tensors[i].t.dtype, l.tensors[i].t.shape);
+    l.total += l.sizes[i];
+  }
+  return l;
+}
+
+// The shard of each tensor: consecutive runs balanced by bytes (a tensor goes to the shard its
+// middle byte falls in), every shard non-empty, none skipped.
+std::vector<size_t> assign_shards(const std::vector<uint64_t>& sizes, uint64_t total, size_t n_shards) {
+  const size_t n_tensors = sizes.size();
   std::vector<size_t> shard_of(n_tensors);
-  {
-    uint64_t cum = 0;
-    size_t prev = 0;
-    for (size_t i = 0; i < n_tensors; ++i) {
-      const uint64_t mid = cum + sizes[i] / 2;
-      size_t s = total ? static_cast<size_t>(static_cast<long double>(mid) * n_shards / total) : 0;
-      const size_t lo = std::max(prev, n_shards - std::min(n_shards, n_tensors - i));
-      const size_t hi = i == 0 ? 0 : prev + 1;
-      s = std::clamp(s, lo, std::max(lo, hi));
-      shard_of[i] = std::min(s, n_shards - 1);
-      prev = shard_of[i];
-      cum += sizes[i];
-    }
+  uint64_t cum = 0;
+  size_t prev = 0;
+  for (size_t i = 0; i < n_tensors; ++i) {
+    const uint64_t mid = cum + sizes[i] / 2;
+    size_t s = total ? static_cast<size_t>(static_cast<long double>(mid) * n_shards / total) : 0;
+    const size_t lo = std::max(prev, n_shards - std::min(n_shards, n_tensors - i));
+    const size_t hi = i == 0 ? 0 : prev + 1;
+    s = std::clamp(s, lo, std::max(lo, hi));
+    shard_of[i] = std::min(s, n_shards - 1);
+    prev = shard_of[i];
+    cum += sizes[i];
   }
-  std::vector<ShardPlan> plans(n_shards);
-  {
-    std::vector<std::vector<OutTensor>> lists(n_shards);
-    for (size_t i = 0; i < n_tensors; ++i) {
-      ShardPlan& p = plans[shard_of[i]];
-      p.gens.push_back(all[i].gen);
-      p.keys.push_back(tensor_key(o.seed, all[i].t.name));
-      lists[shard_of[i]].push_back(std::move(all[i].t));
-    }
-    all.clear();
-    all.shrink_to_fit();
-    for (size_t s = 0; s < n_shards; ++s) {
-      ShardPlan& p = plans[s];
-      p.layout = layout_shard(shard_file_name(s, n_shards), std::move(lists[s]));
-      p.data_size = p.layout.file_size - p.layout.data_start;
-      p.rel.reserve(p.layout.offsets.size());
-      for (uint64_t off : p.layout.offsets) p.rel.push_back(off - p.layout.data_start);
-    }
-  }
+  return shard_of;
+}
 
-  // 3. Data: fixed windows of every shard's data region, generated and written in parallel.
-  struct Item {
-    uint32_t shard;
-    uint64_t begin, end;  // relative to the shard's data region
-  };
-  // Window k of every shard before window k+1 of any, so that concurrent writes mostly go to
-  // different files (some filesystems serialise writes to one file).
+// Each shard's layout, with its tensors' generators and keys; the list's tensors move into them.
+std::vector<ShardPlan> plan_shards(TensorList& list, const std::vector<size_t>& shard_of, size_t n_shards,
+                                   uint64_t seed) {
+  std::vector<ShardPlan> plans(n_shards);
+  std::vector<std::vector<OutTensor>> lists(n_shards);
+  for (size_t i = 0; i < list.tensors.size(); ++i) {
+    ShardPlan& p = plans[shard_of[i]];
+    p.gens.push_back(list.tensors[i].gen);
+    p.keys.push_back(tensor_key(seed, list.tensors[i].t.name));
+    lists[shard_of[i]].push_back(std::move(list.tensors[i].t));
+  }
+  list.tensors.clear();
+  list.tensors.shrink_to_fit();
+  for (size_t s = 0; s < n_shards; ++s) {
+    ShardPlan& p = plans[s];
+    p.layout = layout_shard(shard_file_name(s, n_shards), std::move(lists[s]));
+    p.data_size = p.layout.file_size - p.layout.data_start;
+    p.rel.reserve(p.layout.offsets.size());
+    for (uint64_t off : p.layout.offsets) p.rel.push_back(off - p.layout.data_start);
+  }
+  return plans;
+}
+
+// A window of one shard's data region, generated and written as one work item.
+struct Item {
+  uint32_t shard;
+  uint64_t begin, end;  // relative to the shard's data region
+};
+
+// Window k of every shard before window k+1 of any, so that concurrent writes mostly go to
+// different files (some filesystems serialise writes to one file).
+std::vector<Item> windows(const std::vector<ShardPlan>& plans) {
   std::vector<Item> items;
   uint64_t max_size = 0;
   for (const auto& p : plans) max_size = std::max(max_size, p.data_size);
   for (uint64_t b = 0; b < max_size; b += kWindow)
-    for (size_t s = 0; s < n_shards; ++s)
+    for (size_t s = 0; s < plans.size(); ++s)
       if (b < plans[s].data_size)
         items.push_back({static_cast<uint32_t>(s), b, std::min(b + kWindow, plans[s].data_size)});
-  std::vector<std::unique_ptr<ShardWriter>> writers(n_shards);
+  return items;
+}
 
+// Generates the bytes of window `it` of shard `p` into `buf`, tensor by tensor.
+void fill_window(const ShardPlan& p, const Item& it, uint8_t* buf) {
+  // First tensor that ends after the window begins.
+  size_t t = static_cast<size_t>(std::upper_bound(p.rel.begin(), p.rel.end(), it.begin) - p.rel.begin());
+  if (t > 0) --t;
+  for (; t < p.rel.size() && p.rel[t] < it.end; ++t) {
+    const uint64_t tb = p.rel[t], te = tb + p.layout.tensors[t].nbytes();
+    const uint64_t b = std::max(tb, it.begin), e = std::min(te, it.end);
+    if (b >= e) continue;
+    gen_range(p.gens[t], p.keys[t], b - tb, e - tb, buf + (b - it.begin));
+  }
+}
+
+// The shards, created at full size and filled window by window in parallel (left as zeros when
+// sparse), then committed under their final names.
+void write_shards(const SynthOptions& o, const std::vector<ShardPlan>& plans) {
+  const std::vector<Item> items = windows(plans);
+  std::vector<std::unique_ptr<ShardWriter>> writers(plans.size());
   tbb::enumerable_thread_specific<std::vector<uint8_t>> buffers;
   auto fill = [&](const Item& it) {
     std::vector<uint8_t>& buf = buffers.local();
     if (buf.size() < kWindow) buf.resize(kWindow);
-    const ShardPlan& p = plans[it.shard];
-    // First tensor that ends after the window begins.
-    size_t t = static_cast<size_t>(std::upper_bound(p.rel.begin(), p.rel.end(), it.begin) - p.rel.begin());
-    if (t > 0) --t;
-    for (; t < p.rel.size() && p.rel[t] < it.end; ++t) {
-      const uint64_t tb = p.rel[t], te = tb + p.layout.tensors[t].nbytes();
-      const uint64_t b = std::max(tb, it.begin), e = std::min(te, it.end);
-      if (b >= e) continue;
-      gen_range(p.gens[t], p.keys[t], b - tb, e - tb, buf.data() + (b - it.begin));
-    }
-    writers[it.shard]->write(p.layout.data_start + it.begin, buf.data(), it.end - it.begin);
+    fill_window(plans[it.shard], it, buf.data());
+    writers[it.shard]->write(plans[it.shard].layout.data_start + it.begin, buf.data(), it.end - it.begin);
   };
   tbb::task_arena arena(o.threads == 0 ? tbb::task_arena::automatic : static_cast<int>(o.threads));
   arena.execute([&] {
     // Creating a shard reserves its full size, which can take a while (tmpfs zero-fills): in parallel.
-    tbb::parallel_for(size_t{0}, n_shards, [&](size_t s) {
+    tbb::parallel_for(size_t{0}, plans.size(), [&](size_t s) {
       writers[s] = std::make_unique<ShardWriter>(o.out, plans[s].layout, !o.sparse);
     });
     if (o.sparse) return;  // zeros: valid codes and (zero) scales, and no disk
@@ -1051,9 +1084,13 @@ SynthSummary synth(const SynthOptions& o) {
                       tbb::simple_partitioner());
   });
   for (auto& w : writers) w->commit();
+}
 
-  // 4. Side files, then the index, which makes the directory look complete. (Written after the
-  // data so that a run that fails while generating leaves the directory empty and reusable.)
+// Side files, then the index, which makes the directory look complete. (Written after the data so
+// that a run that fails while generating leaves the directory empty and reusable.) Returns the
+// number of tensors the index lists.
+uint64_t write_side_files_and_index(const SynthOptions& o, const Family& fam, const Dims& d, uint32_t layers,
+                                    std::vector<ShardPlan>& plans) {
   write_file_atomic(o.out / "config.json", fam.config(o, d, layers).dump(2) + "\n");
   write_file_atomic(o.out / "tokenizer_config.json",
                     ojson{{"model_max_length", 4096},
@@ -1061,16 +1098,38 @@ SynthSummary synth(const SynthOptions& o) {
                           {"ckptconv_synthetic", true}}
                             .dump(2) +
                         "\n");
-
   std::vector<ShardLayout> layouts;
-  layouts.reserve(n_shards);
-  SynthSummary sum;
+  layouts.reserve(plans.size());
+  uint64_t tensors = 0;
   for (auto& p : plans) {
-    sum.tensors += p.layout.tensors.size();
+    tensors += p.layout.tensors.size();
     layouts.push_back(std::move(p.layout));
   }
   write_file_atomic(o.out / "model.safetensors.index.json", index_json(layouts));
-  sum.bytes = total;
+  return tensors;
+}
+
+}  // namespace
+
+const std::vector<std::string>& synth_families() { return family_names(); }
+
+SynthSummary synth(const SynthOptions& o) {
+  const Family& fam = find_family(o.family);
+  check_options(o);
+  const Dims d = derive_dims(o, fam);
+  const uint32_t layers =
+      o.target_bytes > 0 ? layers_for_target(fam, d, o.experts, o.target_bytes) : o.layers;
+  check_out_dir(o.out);
+
+  TensorList list = list_tensors(fam, d, layers, o.experts);
+  const size_t n_shards = std::min<size_t>(o.shards, list.tensors.size());
+  const std::vector<size_t> shard_of = assign_shards(list.sizes, list.total, n_shards);
+  std::vector<ShardPlan> plans = plan_shards(list, shard_of, n_shards, o.seed);
+  write_shards(o, plans);
+
+  SynthSummary sum;
+  sum.tensors = write_side_files_and_index(o, fam, d, layers, plans);
+  sum.bytes = list.total;
   sum.layers = layers;
   sum.shards = static_cast<uint32_t>(n_shards);
   return sum;

@@ -39,7 +39,8 @@ struct SynthSummary {
 
 SynthSummary synth(const SynthOptions& options);
 
-// The family names `synth` knows, in SPEC order.
+// The family names `synth` knows, in SPEC order: every family of the converter
+// (transforms/family.h's family_names()).
 const std::vector<std::string>& synth_families();
 
 }  // namespace ckpt

@@ -1,6 +1,7 @@
 #include "transforms/family.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "formats/error.h"
 #include "transforms/scheme.h"
@@ -231,6 +232,20 @@ NativeKey map_nemotron(const FamilyRules& f, std::string_view key, const MapCont
 
 const std::vector<FamilyRules>& families() { return kFamilies; }
 
+const std::vector<std::string>& family_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n;
+    for (const auto& f : kFamilies) n.emplace_back(f.name);
+    return n;
+  }();
+  return names;
+}
+
+std::optional<ScaleScheme> fp8_release_scheme(const FamilyRules& f) {
+  if (f.fp8_export == Fp8Export::None) return std::nullopt;
+  return static_cast<ScaleScheme>(f.export_scheme);
+}
+
 std::optional<uint64_t> mtp_index(std::string_view name) {
   if (!name.starts_with("model.mtp.layers.")) return std::nullopt;
   size_t pos = 17;
@@ -258,9 +273,7 @@ std::optional<uint64_t> layer_index(std::string_view name) {
 const FamilyRules& family(std::string_view name) {
   for (const auto& f : kFamilies)
     if (f.name == name) return f;
-  std::string known;
-  for (const auto& f : kFamilies) known += (known.empty() ? "" : ", ") + std::string(f.name);
-  fail_usage("unknown family '{}' (known: {})", name, known);
+  fail_usage("unknown family '{}' (known: {})", name, fmt::join(family_names(), ", "));
 }
 
 const nlohmann::ordered_json& text_config(const nlohmann::ordered_json& config) {

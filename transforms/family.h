@@ -63,7 +63,14 @@ struct FamilyRules {
 // Whether `--quantize` stores the HF key `key` as FP8 for family `f`.
 bool fp8_export_key(const FamilyRules& f, std::string_view key);
 
+enum class ScaleScheme : uint8_t;  // transforms/scheme.h
+// How the family's FP8 release scales its weights; none when it has no FP8 release.
+std::optional<ScaleScheme> fp8_release_scheme(const FamilyRules& f);
+
+// The one table of families, in SPEC order: the converter's rules, and the families `synth`
+// generates (pipeline/synth.cc adds only their tensor layouts and configs).
 const std::vector<FamilyRules>& families();
+const std::vector<std::string>& family_names();  // the names of `families()`, in order
 const FamilyRules& family(std::string_view name);  // throws a usage error for unknown names
 // The family a config.json describes (architectures / model_type); throws naming what it found.
 const FamilyRules& detect_family(const nlohmann::ordered_json& config);
