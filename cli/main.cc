@@ -24,6 +24,9 @@
 #include "pipeline/verify.h"
 #include "transforms/family.h"
 #include "transforms/kernels.h"
+#if defined(CKPT_HAVE_CUDA)
+#include "cuda/device.h"
+#endif
 
 namespace {
 
@@ -39,6 +42,30 @@ struct ConvertArgs {
 };
 
 // The library's options for the command line, refusing option combinations that mean nothing.
+// N of "cuda" (0) or "cuda:N".
+std::optional<int> device_index(const std::string& v) {
+  if (v == "cuda") return 0;
+  if (!v.starts_with("cuda:") || v.size() == 5 || v.size() > 8) return std::nullopt;
+  for (char c : v.substr(5))
+    if (c < '0' || c > '9') return std::nullopt;
+  return std::stoi(v.substr(5));
+}
+
+// --device: auto and cpu run the CPU path. cuda[:N] is a usage error that says why — no CUDA in
+// this build, no driver, no device, too old a device — and, where the device would do, that
+// conversions do not run on it yet (the kernels exist, cuda/; the flow graph's device stage is
+// issue #12's next step).
+void check_device(const std::string& device) {
+  const auto index = device_index(device);
+  if (!index) return;
+#if defined(CKPT_HAVE_CUDA)
+  const cuda::DeviceInfo d = cuda::usable_device(*index);
+  fail_usage("--device {}: {} is usable, but conversions do not run on a GPU yet; use --device cpu", device, d.name);
+#else
+  fail_usage("--device {}: this build has no CUDA support (no CUDA compiler at build time); use --device cpu", device);
+#endif
+}
+
 ConvertOptions convert_options(const ConvertArgs& a) {
   ConvertOptions o;
   o.in = a.in;
@@ -58,7 +85,7 @@ ConvertOptions convert_options(const ConvertArgs& a) {
       fail_usage("--ep-rank {} is not below --ep-size {}", *a.ep_rank, *a.ep_size);
     if (*dir == Direction::Native && a.quantize != "none") fail_usage("--quantize applies to --to hf only");
   }
-  if (a.device == "cuda") fail_usage("--device cuda: this build has no CUDA support; use --device cpu");
+  check_device(a.device);
   o.plan.direction = *dir;
   o.plan.dtype = *dtype;
   o.plan.max_shard_size = parse_size(a.max_shard, "--max-shard-size");
@@ -281,9 +308,13 @@ CLI::App* add_convert(CLI::App& app, ConvertArgs& a) {
   conv->add_option("--max-shard-size", a.max_shard, "Largest output shard (e.g. 5GB, 512MiB)")->capture_default_str();
   conv->add_option("--threads", a.threads, "Worker threads (0: all cores)")->capture_default_str();
   conv->add_option("--memory-budget", a.budget, "Bytes in flight at once (e.g. 1GiB, 256MiB)")->capture_default_str();
-  conv->add_option("--device", a.device, "Where to dequantize: auto, cpu, cuda")
+  conv->add_option("--device", a.device,
+                   "Where to transform: auto (the CPU in this version), cpu, or cuda[:N] (refused with the reason: "
+                   "the device stage is not wired into conversions yet)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+      ->check([](const std::string& v) {
+        return v == "auto" || v == "cpu" || device_index(v) ? std::string() : "not one of auto, cpu, cuda[:N]";
+      });
   add_convert_flags(conv, a);
   return conv;
 }

@@ -319,6 +319,8 @@ TEST_CASE("cli: help lists the subcommands and usage errors exit 2 with one line
   CHECK(cli("convert --in x --out y --family bogus").exit_code == 2);
   CHECK(cli("convert --in x --out y --mtp sometimes").exit_code == 2);
   CHECK(cli("convert --in x --out y --device gpu").exit_code == 2);
+  CHECK(cli("convert --in x --out y --device cuda:").exit_code == 2);
+  CHECK(cli("convert --in x --out y --device cuda:-1").exit_code == 2);
   CHECK(cli("convert --in x --out y --quantize int4").exit_code == 2);
 
   // ckptconv's own usage errors: one line on stderr, starting "ckptconv:", nothing created.
@@ -337,6 +339,9 @@ TEST_CASE("cli: help lists the subcommands and usage errors exit 2 with one line
       {"--max-shard-size -5", "--max-shard-size"},
       {"--max-shard-size 0.4", "--max-shard-size"},  // rounds to zero bytes
       {"--memory-budget 12parsecs", "--memory-budget"},
+      // No GPU here, or no CUDA in the build, or (on a GPU) no device stage yet: always a reason.
+      {"--device cuda", "--device cuda"},
+      {"--device cuda:3", "--device cuda"},
   };
   for (const auto& c : cases) {
     const RunResult r = cli("convert --in " + q(in) + " --out " + q(out) + " " + c.args);
