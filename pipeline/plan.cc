@@ -134,6 +134,9 @@ PlannedTensor dequantized_tensor(std::string name, const TensorRef& weight, cons
 }
 
 Plan make_plan(const Checkpoint& ck, const PlanOptions& opt) {
+  // A family name is checked whatever the direction: dequant needs none, but a misspelt one is a
+  // mistake the caller should hear about, as the command line's own check says.
+  if (opt.family != "auto") family(opt.family);
   Plan plan;
   plan.dtype = opt.dtype;
   switch (opt.direction) {

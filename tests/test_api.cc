@@ -309,3 +309,20 @@ TEST_CASE("the library has no side effects its caller did not ask for", "[api]")
   Conversion::plan(tmp / "fp8", o);
   CHECK_FALSE(sigbus_default());
 }
+
+TEST_CASE("a misspelt family is a usage error in every direction", "[api]") {
+  ckpt::test::TempDir tmp;
+  synth(tmp / "fp8", "minimax_m2");
+  for (auto to : {ckptconv::Direction::Dequant, ckptconv::Direction::Native}) {
+    ckptconv::Options o;
+    o.to = to;
+    o.family = "minimax_m9";
+    try {
+      Conversion::plan(tmp / "fp8", o);
+      FAIL("planned with family minimax_m9");
+    } catch (const ckptconv::Error& e) {
+      CHECK(e.kind() == ckptconv::ErrorKind::Usage);
+      CHECK_THAT(e.what(), Catch::Contains("minimax_m9"));
+    }
+  }
+}
