@@ -68,33 +68,35 @@ void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, ui
   const uint64_t len = t.row_len;
   for (size_t i = 0; i < t.pieces.size(); ++i) {
     const Piece& p = t.pieces[i];
-    const uint64_t pr0 = p.out_row0, pr1 = p.out_row0 + p.out_rows();
-    const uint64_t r_lo = std::max(pr0, first / len), r_hi = std::min(pr1, (last - 1) / len + 1);
-    if (r_lo >= r_hi) continue;
+    const InputRect rect = input_rect(t, p, first, last);  // the rule staging and release use too
+    if (rect.empty()) continue;
     if (!p.transpose) {
-      for (uint64_t r = r_lo; r < r_hi; ++r) {
+      // Input row by input row; an item's first and last output rows may be partial.
+      for (uint64_t r_in = rect.row0; r_in < rect.row1; ++r_in) {
+        const uint64_t r = p.out_row0 + (r_in - p.in_row0);
         const uint64_t c_lo = std::max(p.out_col0, r == first / len ? first % len : 0);
         const uint64_t row_end = r == (last - 1) / len ? (last - 1) % len + 1 : len;
         const uint64_t c_hi = std::min(p.out_col0 + p.out_cols(), row_end);
         if (c_lo >= c_hi) continue;
-        convert_run(p, i, p.in_row0 + (r - pr0), p.in_col0 + (c_lo - p.out_col0), c_hi - c_lo, as,
-                    out + (r * len + c_lo - first) * es, s.scales, in);
+        convert_run(p, i, r_in, p.in_col0 + (c_lo - p.out_col0), c_hi - c_lo, as, out + (r * len + c_lo - first) * es,
+                    s.scales, in);
       }
       continue;
     }
-    // Transposed: output rows [r_lo, r_hi) are input columns; walk the input rows in tiles,
-    // convert each tile's band of columns, then transpose it into place.
+    // Transposed: the rectangle's columns are the item's output rows; walk its input rows in
+    // tiles, convert each tile's band of columns, then transpose it into place.
     // Tile rows are padded by a cache line: model widths are powers of two, and rows a power of
     // two apart fall into one L1 set, so the transpose's 32 row streams would evict each other.
     constexpr uint64_t kTile = 32;
-    const uint64_t w = r_hi - r_lo, stride = w + 64 / es;
+    const uint64_t w = rect.col1 - rect.col0, stride = w + 64 / es;
+    const uint64_t r_lo = p.out_row0 + (rect.col0 - p.in_col0);
     s.tile.resize(kTile * stride * es);
-    for (uint64_t i0 = 0; i0 < p.rows; i0 += kTile) {
-      const uint64_t n = std::min(kTile, p.rows - i0);
+    for (uint64_t i0 = rect.row0; i0 < rect.row1; i0 += kTile) {
+      const uint64_t n = std::min(kTile, rect.row1 - i0);
       for (uint64_t k = 0; k < n; ++k)
-        convert_run(p, i, p.in_row0 + i0 + k, p.in_col0 + (r_lo - pr0), w, as, s.tile.data() + k * stride * es,
-                    s.scales, in);
-      transpose_tile(s.tile.data(), n, w, stride, out + (r_lo * len + p.out_col0 + i0 - first) * es, len, es);
+        convert_run(p, i, i0 + k, rect.col0, w, as, s.tile.data() + k * stride * es, s.scales, in);
+      transpose_tile(s.tile.data(), n, w, stride, out + (r_lo * len + p.out_col0 + (i0 - p.in_row0) - first) * es, len,
+                     es);
     }
   }
 }
