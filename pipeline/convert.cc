@@ -15,6 +15,7 @@
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "pipeline/manifest.h"
+#include "pipeline/writer_lock.h"
 #include "transforms/kernels.h"
 
 namespace ckpt {
@@ -38,9 +39,19 @@ bool is_our_output(const fs::path& p) {
 }
 
 // Only temporary files of ours (or nothing): what a run killed before its manifest existed leaves.
+// The writer lock is this run's own.
 bool holds_only_temp_files(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (!e.is_regular_file() || !(is_temp_name(name) || name == kLockName)) return false;
+  }
+  return true;
+}
+
+// Empty but for this run's writer lock.
+bool is_empty_dir(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir))
-    if (!e.is_regular_file() || !is_temp_name(e.path().filename().string())) return false;
+    if (e.path().filename() != kLockName) return false;
   return true;
 }
 
@@ -48,12 +59,6 @@ bool holds_only_temp_files(const fs::path& dir) {
 // --resume it may hold the manifest of an interrupted run, which is returned.
 std::optional<ManifestRecord> prepare_out_dir(const fs::path& out, const WriteOptions& opt, const Checkpoint& ck) {
   std::error_code ec;
-  if (!fs::exists(out, ec)) {
-    if (!fs::create_directories(out, ec) || ec)
-      fail(ErrorKind::Io, "--out {}: cannot create: {}", out.string(), ec.message());
-    return std::nullopt;
-  }
-  if (!fs::is_directory(out)) fail_usage("--out {}: exists and is not a directory", out.string());
   if (fs::equivalent(out, ck.dir(), ec))
     fail_usage("--out {}: is the input directory; write the conversion elsewhere", out.string());
   auto previous = read_manifest(out);
@@ -62,7 +67,7 @@ std::optional<ManifestRecord> prepare_out_dir(const fs::path& out, const WriteOp
     if (opt.overwrite || holds_only_temp_files(out)) return std::nullopt;
     fail_usage("--out {}: nothing to resume (no {}) and the directory is not empty", out.string(), kManifestName);
   }
-  if (opt.overwrite || fs::is_empty(out)) return std::nullopt;
+  if (opt.overwrite || is_empty_dir(out)) return std::nullopt;
   if (previous)
     fail_usage("--out {}: holds an interrupted conversion; finish it with --resume, or start over with --overwrite",
                out.string());
@@ -364,13 +369,14 @@ namespace {
 // A checkpoint being written into an output directory: the shard files (new, or kept by a
 // resumed run), the manifest that makes an interruption resumable, the directories created.
 // Members are destroyed in reverse order: on failure the writers remove their temporary files,
-// then the manifest goes, then the directories the run created.
+// then the manifest goes, then the writer lock, then the directories the run created.
 struct Output {
   fs::path dir;
   bool replace = false;  // the run replaces a checkpoint that was there (--overwrite)
   std::vector<ShardRef> shards;
   std::vector<Found> found;
   CreatedDirs created;
+  std::optional<WriterLock> lock;
   std::optional<ManifestFile> manifest;
   std::vector<std::unique_ptr<ShardSink>> writers;
 };
@@ -380,10 +386,14 @@ struct Output {
 // writes the manifest and opens the shards still to write.
 void prepare(Output& o, const Checkpoint& ck, const PlanOptions& options, const Plan& plan,
              const std::vector<Target>& targets, const WriteOptions& wo, unsigned threads) {
-  {
-    std::error_code ec;
-    if (!fs::exists(o.dir, ec)) o.created.dirs.push_back(o.dir);
+  std::error_code ec;
+  if (!fs::exists(o.dir, ec)) {
+    if (!fs::create_directories(o.dir, ec) || ec)
+      fail(ErrorKind::Io, "--out {}: cannot create: {}", o.dir.string(), ec.message());
+    o.created.dirs.push_back(o.dir);
   }
+  if (!fs::is_directory(o.dir)) fail_usage("--out {}: exists and is not a directory", o.dir.string());
+  o.lock.emplace(o.dir);  // before looking inside: another writer may be filling it
   const auto previous = prepare_out_dir(o.dir, wo, ck);
   auto identity = conversion_identity(ck, options);
   if (previous)
