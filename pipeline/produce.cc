@@ -59,6 +59,28 @@ uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 constexpr uint64_t kValueElems = 1u << 19;
 uint64_t value_rows(const PlannedTensor& t) { return std::max<uint64_t>(1, kValueElems / t.row_len); }
 
+// A weight whose pieces are all unscaled BF16 (every native checkpoint's): its values are
+// produced as BF16 — split experts then transpose 2-byte, not 4-byte, elements — and widened
+// to float32 in one contiguous pass. Exact either way: widening BF16 is a shift.
+bool bf16_source(const PlannedTensor& w) {
+  for (const Piece& p : w.pieces)
+    if (p.scale.info || p.input.info->dtype != DType::BF16) return false;
+  return true;
+}
+
+// float32 values of weight elements [e0, e0 + n) into s.values.
+const float* weight_values(const PlannedTensor& w, uint64_t e0, uint64_t n, Scratch& s, const ItemInputs& in) {
+  s.values.resize(n);
+  if (!bf16_source(w)) {
+    produce(w, DType::F32, e0, e0 + n, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
+    return s.values.data();
+  }
+  s.half.resize(n);
+  produce(w, DType::BF16, e0, e0 + n, reinterpret_cast<uint8_t*>(s.half.data()), s, in);
+  cast_run(s.half.data(), DType::BF16, n, s.values.data(), DType::F32);
+  return s.values.data();
+}
+
 }  // namespace
 
 // Writes output elements [first, last) of `t`, as `as` elements, into `out`.
@@ -154,8 +176,7 @@ void quantize_block(const PlannedTensor& w, uint64_t first, uint64_t last, bool 
   for (uint64_t r0 = first / len; r0 * len < last; r0 += span) {
     const uint64_t rows = std::min(span, last / len - r0);
     const uint64_t e0 = r0 * len, n = rows * len;
-    s.values.resize(n);
-    produce(w, DType::F32, e0, e0 + n, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
+    weight_values(w, e0, n, s, in);
     uint8_t* out = codes + (e0 - first);
     if (!real) {
       cast_span_torch(s.values.data(), n, out);
@@ -182,9 +203,7 @@ void quantize_mx(const PlannedTensor& w, uint64_t first, uint64_t last, bool rea
   const uint64_t len = w.row_len, step = value_rows(w) * len;
   for (uint64_t e0 = first; e0 < last; e0 += step) {
     const uint64_t n = std::min(step, last - e0);
-    s.values.resize(n);
-    produce(w, DType::F32, e0, e0 + n, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
-    const float* v = s.values.data();
+    const float* v = weight_values(w, e0, n, s, in);
     uint8_t* out = codes + (e0 - first);
     uint8_t* sc = scales + (e0 - first) / len * ceil_div(len, kMxBlock);
     if (!real) {
@@ -210,8 +229,7 @@ void quantize_per_tensor(const Plan& plan, size_t index, uint64_t first, uint64_
   const uint64_t step = value_rows(w) * w.row_len;
   for (uint64_t e0 = first; e0 < last; e0 += step) {
     const uint64_t n = std::min(step, last - e0);
-    s.values.resize(n);
-    produce(w, DType::F32, e0, e0 + n, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
+    weight_values(w, e0, n, s, in);
     if (real) quantize_span(s.values.data(), n, sc, codes + (e0 - first));
     else cast_span_torch(s.values.data(), n, codes + (e0 - first));
   }

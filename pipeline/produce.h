@@ -19,6 +19,7 @@ struct Scratch {
   std::vector<float> scales;
   std::vector<uint8_t> tile;
   std::vector<float> values;  // float32 values of a tensor being quantized
+  std::vector<uint16_t> half; // their BF16 source, when it is BF16
   IoMode io = IoMode::Mmap;   // how FP8 export reads the tensors it derives scales from
   ItemInputs side;            // their staged inputs under IoMode::Pread
 };
