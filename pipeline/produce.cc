@@ -35,15 +35,6 @@ void convert_run(const Piece& p, size_t i, uint64_t row, uint64_t col, uint64_t 
   kernels().get(p.format, o)(src, n, scales.data(), d.block_cols, col % d.block_cols, dst);
 }
 
-// float32 values of elements [first, last) of `w` into s.values, read the scratch's way.
-const float* values_of(const PlannedTensor& w, uint64_t first, uint64_t last, Scratch& s) {
-  s.values.resize(last - first);
-  if (s.io == IoMode::Pread) s.side.stage(w, first, last);
-  else s.side.unstage();  // scratch outlives conversions: nothing staged by an earlier one is valid
-  produce(w, DType::F32, first, last, reinterpret_cast<uint8_t*>(s.values.data()), s, s.side);
-  return s.values.data();
-}
-
 // Block (128x128) amax of rows [0, n) × columns [c0, c1) of a row-major float matrix.
 float band_amax(const float* v, uint64_t n, uint64_t len, uint64_t c0, uint64_t c1) {
   float amax = 0.0f;
@@ -79,6 +70,14 @@ const float* weight_values(const PlannedTensor& w, uint64_t e0, uint64_t n, Scra
   produce(w, DType::BF16, e0, e0 + n, reinterpret_cast<uint8_t*>(s.half.data()), s, in);
   cast_run(s.half.data(), DType::BF16, n, s.values.data(), DType::F32);
   return s.values.data();
+}
+
+// float32 values of elements [first, last) of `w`, read the scratch's way: the amax pass of a
+// per-tensor export, which runs outside any item and so stages its own inputs.
+const float* values_of(const PlannedTensor& w, uint64_t first, uint64_t last, Scratch& s) {
+  if (s.io == IoMode::Pread) s.side.stage(w, first, last);
+  else s.side.unstage();  // scratch outlives conversions: nothing staged by an earlier one is valid
+  return weight_values(w, first, last - first, s, s.side);
 }
 
 }  // namespace

@@ -20,7 +20,7 @@ struct Scratch {
   std::vector<uint8_t> tile;
   std::vector<float> values;  // float32 values of a tensor being quantized
   std::vector<uint16_t> half; // their BF16 source, when it is BF16
-  IoMode io = IoMode::Mmap;   // how FP8 export reads the tensors it derives scales from
+  IoMode io = IoMode::Mmap;   // how a per-tensor amax pass reads its weight (values_of)
   ItemInputs side;            // their staged inputs under IoMode::Pread
 };
 
