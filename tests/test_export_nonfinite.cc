@@ -7,6 +7,8 @@
 // a power of two and the value on the e4m3 grid).
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -17,6 +19,7 @@
 #include "formats/checkpoint.h"
 #include "support.h"
 #include "transforms/fp8.h"
+#include "transforms/kernels.h"
 
 using namespace ckpt;
 namespace fs = std::filesystem;
@@ -59,13 +62,23 @@ float bf16_value(uint16_t b) {
   return f;
 }
 
-// Exports a one-weight native checkpoint of `family` and returns the HF output directory.
-fs::path export_real(const test::TempDir& tmp, const std::string& family, const std::string& config,
-                     const std::vector<test::TensorSpec>& tensors) {
+// Every instruction set this CPU has: each runs its own amax and encoder kernels.
+std::vector<std::string> isas() {
+  std::vector<std::string> v;
+  for (Isa i : supported_isas()) v.emplace_back(isa_name(i));
+  return v;
+}
+
+// Exports a one-weight native checkpoint of `family` with the kernels of `isa` and returns the
+// HF output directory.
+fs::path export_real(const test::TempDir& tmp, const std::string& isa, const std::string& family,
+                     const std::string& config, const std::vector<test::TensorSpec>& tensors) {
   test::write_checkpoint(tmp / "native", {tensors}, config);
   const fs::path out = tmp / "hf";
+  ::setenv("CKPT_ISA", isa.c_str(), 1);  // run_cli's shell passes it on to the binary
   const auto r = test::run_cli("convert --in " + (tmp / "native").string() + " --out " + out.string() +
                                " --family " + family + " --to hf --quantize real");
+  ::unsetenv("CKPT_ISA");
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   return out;
@@ -113,9 +126,11 @@ TEST_CASE("FP8 export of non-finite values: block 128x128", "[quantize][nonfinit
                            {{0, 128}, 0x7F}, {{1, 128}, 0x7E}, {{1, 129}, 0x01}, {{2, 128}, 0x82},
                            {{2, 129}, 0x00}, {{3, 128}, 0x02}, {{3, 129}, 0xFF},
                            {{128, 128}, 0x7F}, {{128, 129}, 0xFF}, {{129, 128}, 0x7E}, {{129, 129}, 0xFE}});
+  const std::string isa = GENERATE(from_range(isas()));
+  INFO("isa " << isa);
   test::TempDir tmp;
   const std::string name = "model.layers.0.self_attn.q_proj.weight";
-  const fs::path hf = export_real(tmp, "minimax_m2", R"({"model_type": "minimax_m2"})",
+  const fs::path hf = export_real(tmp, isa, "minimax_m2", R"({"model_type": "minimax_m2"})",
                                   {{name, DType::BF16, {130, 130}, test::le_bytes(w)}});
   const Checkpoint ck = Checkpoint::open(hf);
   CHECK(bytes_of(ck, name) == want);
@@ -130,9 +145,11 @@ TEST_CASE("FP8 export of non-finite values: per-tensor", "[quantize][nonfinite]"
   const auto q = bf16_matrix(2, 4, {{{0, 0}, 0x3F80}, {{0, 1}, kNan}, {{0, 2}, kNegInf}, {{0, 3}, 0x3E80},
                                     {{1, 0}, kNegNan}, {{1, 1}, kInf}, {{1, 2}, 0xC080}, {{1, 3}, 0x8000}});
   const std::vector<uint16_t> k{kNan, kInf, kNegNan, kNegInf};
+  const std::string isa = GENERATE(from_range(isas()));
+  INFO("isa " << isa);
   test::TempDir tmp;
   const std::string qn = "model.layers.0.self_attn.q_proj.weight", kn = "model.layers.0.self_attn.k_proj.weight";
-  const fs::path hf = export_real(tmp, "mistral3_causal", R"({"model_type": "mistral3"})",
+  const fs::path hf = export_real(tmp, isa, "mistral3_causal", R"({"model_type": "mistral3"})",
                                   {{qn, DType::BF16, {2, 4}, test::le_bytes(q)},
                                    {kn, DType::BF16, {1, 4}, test::le_bytes(k)}});
   const Checkpoint ck = Checkpoint::open(hf);
@@ -160,9 +177,11 @@ TEST_CASE("FP8 export of non-finite values: MXFP8 1x32", "[quantize][nonfinite]"
     out[{0, c}] = bad_codes[c % 4];
   }
   const auto w = bf16_matrix(2, 40, in);
+  const std::string isa = GENERATE(from_range(isas()));
+  INFO("isa " << isa);
   test::TempDir tmp;
   const std::string name = "model.layers.0.self_attn.q_proj.weight";
-  const fs::path hf = export_real(tmp, "minimax_m3", R"({"model_type": "minimax_m3", "num_mtp_modules": 0})",
+  const fs::path hf = export_real(tmp, isa, "minimax_m3", R"({"model_type": "minimax_m3", "num_mtp_modules": 0})",
                                   {{name, DType::BF16, {2, 40}, test::le_bytes(w)}});
   const Checkpoint ck = Checkpoint::open(hf);
   CHECK(bytes_of(ck, name) == codes(2, 40, out));
