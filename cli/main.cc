@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "bench/harness.h"
+#include "dist/launch.h"
 #include "formats/checkpoint.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
@@ -27,6 +28,12 @@
 #if defined(CKPT_HAVE_CUDA)
 #include "cuda/device.h"
 #endif
+#if defined(CKPT_HAVE_MPI)
+#include <xxhash.h>
+
+#include "dist/mpi_job.h"
+#include "pipeline/manifest.h"
+#endif
 
 namespace {
 
@@ -35,9 +42,9 @@ using namespace ckpt;
 struct ConvertArgs {
   std::string in, out, family = "auto", to = "dequant", dtype = "bf16", mtp = "auto",
               quantize = "none", max_shard = "5GB", budget = "1GiB", device = "auto";
-  std::optional<unsigned> ep_rank, ep_size;
+  std::optional<unsigned> ep_rank, ep_size, rank, world_size;
   unsigned threads = 0;
-  bool overwrite = false, resume = false, json = false, dry_run = false;
+  bool overwrite = false, resume = false, json = false, dry_run = false, wait = false;
   std::string sink = "file", io = "mmap";
 };
 
@@ -106,24 +113,104 @@ ConvertOptions convert_options(const ConvertArgs& a) {
   return o;
 }
 
-int run_convert(const ConvertArgs& a) {
-  ConvertOptions o = convert_options(a);
-  Progress progress("converting", 0, isatty(STDERR_FILENO) && !a.json);
-  o.run.on_progress = [&progress](uint64_t done, uint64_t total) { progress.update(done, total); };
-  const ConvertSummary s = convert(o);
-  progress.finish();
+// `publisher`: who publishes a split conversion when this rank does not.
+void print_summary(const ConvertArgs& a, const ConvertSummary& s,
+                   const std::string& publisher = "`ckptconv publish OUT` once every rank is complete") {
   const double gbps = s.execute_s > 0 ? static_cast<double>(s.output_bytes) / s.execute_s / 1e9 : 0;
   if (a.json) {
     std::cout << summary_json(s, {a.in, a.out, a.to, a.dtype, a.io}).dump(2) << "\n";
+    return;
+  }
+  if (s.part) {
+    fmt::print("rank {} of {}: {} of {} shard(s), {} written in {:.2f} s (partition max/mean {:.3f}); {}\n",
+               s.part->rank, s.part->world, s.part_shards, s.shards,
+               Progress::bytes(static_cast<double>(s.part_bytes)), s.total_s, s.balance,
+               s.published ? "published " + a.out : "published by " + publisher);
   } else {
     fmt::print("{} -> {}: {} tensors ({} dequantized, {} dropped) in {} shard(s), {} written in {:.2f} s "
                "({}/s), peak RSS {}\n",
                a.in, a.out, s.output_tensors, s.dequantized, s.dropped, s.shards,
                Progress::bytes(static_cast<double>(s.output_bytes)), s.total_s, Progress::bytes(gbps * 1e9),
                Progress::bytes(static_cast<double>(s.peak_rss_bytes)));
-    if (s.reused_shards > 0)
-      fmt::print("resumed: {} of {} shard(s) were complete and kept\n", s.reused_shards, s.shards);
   }
+  if (s.reused_shards > 0) fmt::print("resumed: {} shard(s) were complete and kept\n", s.reused_shards);
+}
+
+ConvertSummary convert_with_progress(const ConvertArgs& a, ConvertOptions& o) {
+  Progress progress("converting", 0, isatty(STDERR_FILENO) && !a.json);
+  o.run.on_progress = [&progress](uint64_t done, uint64_t total) { progress.update(done, total); };
+  const ConvertSummary s = convert(o);
+  progress.finish();
+  return s;
+}
+
+#if defined(CKPT_HAVE_MPI)
+// A conversion under an MPI launcher: every rank plans, all check that they planned the same
+// conversion, each writes its share, and after a barrier rank 0 publishes and tells the others
+// how that went. A rank that fails before the barrier ends the whole job (MPI_Abort) after one
+// line naming it, so that nothing is published and the ranks' records stay for --resume.
+int run_convert_mpi(const ConvertArgs& a, ConvertOptions o) {
+  const MpiJob job;
+  const Part part = job.part();
+  if (part.world == 1) {
+    print_summary(a, convert_with_progress(a, o));
+    return 0;
+  }
+  o.write.part = part;
+  bool collective = false, past_barrier = false;
+  o.on_planned = [&](const Conversion& c) {
+    const std::string identity = conversion_identity(c.checkpoint(), c.options()).dump();
+    const int other = job.first_differing(XXH3_64bits(identity.data(), identity.size()));
+    collective = other >= 0;
+    if (collective)
+      fail_input("rank {} of {} planned from other input files or options than rank 0 (an input changed, or "
+                 "differs between nodes); every rank must see the same checkpoint",
+                 other, part.world);
+  };
+  o.on_part_written = [&] {
+    job.barrier();
+    past_barrier = true;
+    return part.rank == 0;
+  };
+  int rc = 0;
+  try {
+    print_summary(a, convert_with_progress(a, o), "rank 0");
+  } catch (const ckpt::Error& e) {
+    rc = e.exit_code();
+    if (!collective || part.rank == 0) fmt::print(stderr, "ckptconv: rank {} of {}: {}\n", part.rank, part.world, e.what());
+    if (!collective && !past_barrier) job.abort(rc);
+  }
+  return past_barrier ? job.broadcast(rc) : rc;
+}
+#endif
+
+int run_convert(const ConvertArgs& a) {
+  ConvertOptions o = convert_options(a);
+  const Launch launch = detect_launch(a.rank, a.world_size, [](const char* n) { return std::getenv(n); });
+  if (launch.kind == Launch::Kind::Mpi) {
+#if defined(CKPT_HAVE_MPI)
+    return run_convert_mpi(a, std::move(o));
+#else
+    fail_usage("started by {} as one of several processes, but this ckptconv was built without MPI (no "
+               "libopenmpi-dev at build time), so every process would convert everything; rebuild with MPI, or "
+               "give each process --rank R --world-size N",
+               launch.source);
+#endif
+  }
+  if (launch.kind == Launch::Kind::Ranks) o.write.part = launch.part;
+  if (a.wait && !o.write.part) fail_usage("--wait applies to a split conversion (--rank/--world-size, RANK/WORLD_SIZE)");
+  o.publish.wait = a.wait;
+  print_summary(a, convert_with_progress(a, o));
+  return 0;
+}
+
+struct PublishArgs {
+  std::string out;
+};
+
+int run_publish(const PublishArgs& a) {
+  const uint32_t world = publish_split(a.out, {});
+  fmt::print("{}: published the conversion of {} ranks\n", a.out, world);
   return 0;
 }
 
@@ -282,6 +369,13 @@ void add_convert_flags(CLI::App* conv, ConvertArgs& a) {
   conv->add_option("--sink", a.sink, "file: write the output; null: convert everything but discard it (benchmarks)")
       ->capture_default_str()
       ->check(CLI::IsMember({"file", "null"}));
+  conv->add_option("--rank", a.rank,
+                   "This process's rank in a conversion split across --world-size processes (default: from "
+                   "RANK/WORLD_SIZE, a Slurm job array, or MPI when started by mpirun/srun)");
+  conv->add_option("--world-size", a.world_size,
+                   "Processes sharing the conversion: each writes its share of the shards by bytes, and "
+                   "`ckptconv publish --out` (or rank 0 with --wait) publishes; 1 ignores the environment");
+  conv->add_flag("--wait", a.wait, "Rank 0 of a split conversion: wait for every rank, then publish");
 }
 
 CLI::App* add_convert(CLI::App& app, ConvertArgs& a) {
@@ -317,6 +411,14 @@ CLI::App* add_convert(CLI::App& app, ConvertArgs& a) {
       });
   add_convert_flags(conv, a);
   return conv;
+}
+
+CLI::App* add_publish(CLI::App& app, PublishArgs& a) {
+  auto* pub = app.add_subcommand(
+      "publish", "Publish a conversion split across processes once every rank has completed: checks each rank's "
+                 "record, then renames the shards into place and writes config, side files and index");
+  pub->add_option("OUT", a.out, "The output directory the ranks wrote")->required();
+  return pub;
 }
 
 CLI::App* add_inspect(CLI::App& app, InspectArgs& a) {
@@ -386,10 +488,12 @@ struct Command {
   VerifyArgs verify;
   SynthArgs synth;
   BenchArgs bench;
-  CLI::App *convert_app, *inspect_app, *verify_app, *synth_app, *bench_app;
+  PublishArgs publish;
+  CLI::App *convert_app, *publish_app, *inspect_app, *verify_app, *synth_app, *bench_app;
 
   explicit Command(CLI::App& app)
       : convert_app(add_convert(app, convert)),
+        publish_app(add_publish(app, publish)),
         inspect_app(add_inspect(app, inspect)),
         verify_app(add_verify(app, verify)),
         synth_app(add_synth(app, synth)),
@@ -401,6 +505,7 @@ struct Command {
 int run_command(const Command& c, int argc, char** argv) {
   try {
     if (*c.convert_app) return run_convert(c.convert);
+    if (*c.publish_app) return run_publish(c.publish);
     if (*c.inspect_app) return run_inspect(c.inspect);
     if (*c.verify_app) return run_verify(c.verify);
     if (*c.synth_app) return run_synth(c.synth);

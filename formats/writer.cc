@@ -270,6 +270,11 @@ void ShardWriter::commit() {
   fsync_dir(final_.parent_path());
 }
 
+void ShardWriter::keep() {
+  if (::fsync(fd_) != 0) fail_io_errno(errno, fmt::format("{}: fsync", temp_.string()));
+  committed_ = true;
+}
+
 FinishedShard::FinishedShard(fs::path final_path, bool under_temp_name)
     : final_(std::move(final_path)), temp_(temp_path_for(final_)), under_temp_(under_temp_name) {
   check_replaceable(final_);

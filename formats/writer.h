@@ -69,6 +69,9 @@ class ShardSink {
   virtual ~ShardSink() = default;
   virtual void write(uint64_t offset, const void* data, uint64_t len) const = 0;
   virtual void commit() = 0;
+  // Leaves a complete shard under its temporary name for another process to commit (a rank of a
+  // split conversion; pipeline/partition.h): fsync, and the destructor no longer removes it.
+  virtual void keep() = 0;
 };
 
 // Discards everything: `convert --sink null` measures the pipeline without storage.
@@ -76,6 +79,7 @@ class NullSink final : public ShardSink {
  public:
   void write(uint64_t, const void*, uint64_t) const override {}
   void commit() override {}
+  void keep() override {}
 };
 
 class ShardWriter final : public ShardSink {
@@ -99,6 +103,7 @@ class ShardWriter final : public ShardSink {
   void write(uint64_t offset, const void* data, uint64_t len) const override;
   // fsync, then rename to the final name.
   void commit() override;
+  void keep() override;
   const std::filesystem::path& final_path() const { return final_; }
 
  private:
@@ -133,6 +138,7 @@ class FinishedShard final : public ShardSink {
   // Internal error: the plan must not route bytes to a finished shard.
   void write(uint64_t offset, const void* data, uint64_t len) const override;
   void commit() override;
+  void keep() override { committed_ = true; }
 
  private:
   std::filesystem::path final_, temp_;

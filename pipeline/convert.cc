@@ -7,6 +7,7 @@
 #include <sys/statvfs.h>
 
 #include <chrono>
+#include <thread>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -236,8 +237,9 @@ std::vector<ShardRef> all_shards(const Plan& plan, const std::vector<Target>& ta
   return refs;
 }
 
-// Where a resumed run finds a shard complete.
-enum class Found : uint8_t { No, UnderTemp, UnderFinal };
+// Where a resumed run finds a shard complete; or, in a split conversion, that the shard is
+// another rank's to write.
+enum class Found : uint8_t { No, UnderTemp, UnderFinal, OtherRank };
 
 bool intact(const fs::path& p, const ManifestShard& rec) {
   struct stat st{};
@@ -250,22 +252,23 @@ bool intact(const fs::path& p, const ManifestShard& rec) {
   }
 }
 
-// Which of the plan's shards the interrupted run completed and are intact: the recorded size and
-// checksum, under the temporary name or — if it died while publishing — the final one. Verified
-// in parallel: it reads every recorded byte. `kept` gets the records that held.
-std::vector<Found> verify_shards(const ManifestRecord& previous, const std::vector<ShardRef>& shards,
-                                 unsigned threads, std::vector<ManifestShard>& kept) {
+// Which of the shards still marked No in `found` an interrupted run completed and are intact:
+// the recorded size and checksum, under the temporary name or — if it died while publishing —
+// the final one. Verified in parallel: it reads every recorded byte. `kept` gets the records
+// that held.
+void verify_shards(const std::vector<ManifestShard>& recorded, const std::vector<ShardRef>& shards,
+                   std::vector<Found>& found, unsigned threads, std::vector<ManifestShard>& kept) {
   std::map<std::pair<std::string, std::string>, size_t> by_name;
-  for (size_t i = 0; i < shards.size(); ++i) by_name[{shards[i].target->rel, shards[i].layout->file_name}] = i;
+  for (size_t i = 0; i < shards.size(); ++i)
+    if (found[i] == Found::No) by_name[{shards[i].target->rel, shards[i].layout->file_name}] = i;
   std::vector<std::pair<size_t, const ManifestShard*>> check;
   std::vector<bool> listed(shards.size(), false);
-  for (const auto& rec : previous.shards) {
+  for (const auto& rec : recorded) {
     const auto it = by_name.find({rec.dir, rec.file});
     if (it == by_name.end() || listed[it->second] || shards[it->second].layout->file_size != rec.size) continue;
     listed[it->second] = true;
     check.emplace_back(it->second, &rec);
   }
-  std::vector<Found> found(shards.size(), Found::No);
   oneapi::tbb::task_arena arena(threads ? static_cast<int>(threads) : oneapi::tbb::task_arena::automatic);
   arena.execute([&] {
     oneapi::tbb::parallel_for(size_t{0}, check.size(), [&](size_t i) {
@@ -278,7 +281,6 @@ std::vector<Found> verify_shards(const ManifestRecord& previous, const std::vect
   });
   for (const auto& [shard, rec] : check)
     if (found[shard] != Found::No) kept.push_back(*rec);
-  return found;
 }
 
 // Temporary files a fresh run will not reuse: an earlier attempt's, perhaps of another plan.
@@ -301,16 +303,18 @@ struct CreatedDirs {
   }
 };
 
+// Creates `dir` unless it exists; the ranks of a split conversion may race to create it.
 void create_dir(const fs::path& dir, CreatedDirs& created) {
   std::error_code ec;
   if (fs::is_directory(dir, ec)) return;
-  if (!fs::create_directories(dir, ec) || ec) fail(ErrorKind::Io, "{}: cannot create: {}", dir.string(), ec.message());
-  created.dirs.push_back(dir);
+  const bool made = fs::create_directories(dir, ec);
+  if (ec && !fs::is_directory(dir)) fail(ErrorKind::Io, "{}: cannot create: {}", dir.string(), ec.message());
+  if (made) created.dirs.push_back(dir);
 }
 
 // The shard writers of a run: a FinishedShard for each shard a resumed run kept, a new
 // ShardWriter (reporting to the manifest when complete) for the others. Creating a shard reserves
-// its storage; on tmpfs that allocates every page, under the file's inode lock: as long as
+// its storage (another rank's shards get no writer); on tmpfs that allocates every page, under the file's inode lock: as long as
 // writing the shard later. Files do not share that lock, so the shards are created in parallel
 // (the first error cancels the rest and is rethrown; each writer created removes its temporary file).
 std::vector<std::unique_ptr<ShardSink>> open_shards(const std::vector<ShardRef>& shards,
@@ -318,12 +322,12 @@ std::vector<std::unique_ptr<ShardSink>> open_shards(const std::vector<ShardRef>&
                                                     unsigned threads) {
   std::vector<std::unique_ptr<ShardSink>> writers(shards.size());
   for (size_t i = 0; i < shards.size(); ++i)
-    if (found[i] != Found::No)
+    if (found[i] == Found::UnderTemp || found[i] == Found::UnderFinal)
       writers[i] = std::make_unique<FinishedShard>(shards[i].final_path(), found[i] == Found::UnderTemp);
   oneapi::tbb::task_arena arena(threads ? static_cast<int>(threads) : oneapi::tbb::task_arena::automatic);
   arena.execute([&] {
     oneapi::tbb::parallel_for(size_t{0}, shards.size(), [&](size_t i) {
-      if (writers[i]) return;
+      if (found[i] != Found::No) return;
       const auto& ref = shards[i];
       auto done = [&manifest, rel = ref.target->rel](const fs::path& p, uint64_t size, uint64_t checksum) {
         manifest.add({rel, p.filename().string(), size, checksum});
@@ -338,6 +342,7 @@ std::vector<std::unique_ptr<ShardSink>> open_shards(const std::vector<ShardRef>&
 
 Conversion Conversion::plan(const fs::path& input, const PlanOptions& options) {
   Conversion c;
+  c.input_ = fs::absolute(input);
   c.options_ = options;
   c.ck_ = std::make_unique<Checkpoint>(Checkpoint::open(input));
   std::vector<Plan> plans;
@@ -369,31 +374,60 @@ namespace {
 // A checkpoint being written into an output directory: the shard files (new, or kept by a
 // resumed run), the manifest that makes an interruption resumable, the directories created.
 // Members are destroyed in reverse order: on failure the writers remove their temporary files,
-// then the manifest goes, then the writer lock, then the directories the run created.
+// then the manifest goes, then the writer locks, then the directories the run created.
 struct Output {
   fs::path dir;
   bool replace = false;  // the run replaces a checkpoint that was there (--overwrite)
   std::vector<ShardRef> shards;
   std::vector<Found> found;
   CreatedDirs created;
-  std::optional<WriterLock> lock;
+  std::optional<WriterLock> lock, rank_lock;
   std::optional<ManifestFile> manifest;
+  std::vector<fs::path> rank_records;  // a split conversion's, removed once it is published
   std::vector<std::unique_ptr<ShardSink>> writers;
 };
+
+// Creates the output directory if needed, then takes its writer lock — before looking inside:
+// another writer may be filling it.
+void open_out_dir(Output& o, const std::optional<Part>& part) {
+  std::error_code ec;
+  if (fs::exists(o.dir, ec) && !fs::is_directory(o.dir, ec))
+    fail_usage("--out {}: exists and is not a directory", o.dir.string());
+  create_dir(o.dir, o.created);
+  if (!part) {
+    o.lock.emplace(o.dir);
+    return;
+  }
+  o.lock.emplace(o.dir, kLockName, WriterLock::Mode::Shared);
+  o.rank_lock.emplace(o.dir, rank_lock_name(part->rank));
+  o.created.keep = true;  // the other ranks share the directories
+}
+
+// Checks free space for the shards still to write, writes the manifest, creates the targets'
+// directories and opens the shards.
+void open_output(Output& o, const std::vector<Target>& targets, fs::path manifest_path, ManifestRecord record,
+                 unsigned threads) {
+  std::vector<const ShardLayout*> to_write;
+  std::vector<fs::path> stale;
+  for (size_t i = 0; i < o.shards.size(); ++i)
+    if (o.found[i] == Found::No) {
+      to_write.push_back(o.shards[i].layout);
+      stale.push_back(temp_path_for(o.shards[i].final_path()));
+    }
+  check_free_space(o.dir, to_write, stale);
+  // From here on the output directory holds a manifest; a failure removes it again, with every
+  // temporary file, so that only a killed run leaves something to resume.
+  o.manifest.emplace(std::move(manifest_path), std::move(record));
+  for (const auto& t : targets) create_dir(o.dir / t.rel, o.created);
+  o.writers = open_shards(o.shards, o.found, *o.manifest, threads);
+}
 
 // Checks the output directory against the plan (resume: the same identity; otherwise empty or
 // --overwrite), verifies the shards an interrupted run completed, checks free space, then
 // writes the manifest and opens the shards still to write.
 void prepare(Output& o, const Checkpoint& ck, const PlanOptions& options, const Plan& plan,
              const std::vector<Target>& targets, const WriteOptions& wo, unsigned threads) {
-  std::error_code ec;
-  if (!fs::exists(o.dir, ec)) {
-    if (!fs::create_directories(o.dir, ec) || ec)
-      fail(ErrorKind::Io, "--out {}: cannot create: {}", o.dir.string(), ec.message());
-    o.created.dirs.push_back(o.dir);
-  }
-  if (!fs::is_directory(o.dir)) fail_usage("--out {}: exists and is not a directory", o.dir.string());
-  o.lock.emplace(o.dir);  // before looking inside: another writer may be filling it
+  open_out_dir(o, std::nullopt);
   const auto previous = prepare_out_dir(o.dir, wo, ck);
   auto identity = conversion_identity(ck, options);
   if (previous)
@@ -406,24 +440,76 @@ void prepare(Output& o, const Checkpoint& ck, const PlanOptions& options, const 
   ManifestRecord record{std::move(identity), o.replace, {}};
   o.found.assign(o.shards.size(), Found::No);
   if (previous) {
-    o.found = verify_shards(*previous, o.shards, threads, record.shards);
+    verify_shards(previous->shards, o.shards, o.found, threads, record.shards);
   } else {
     remove_temp_files(o.dir);
     for (const auto& t : targets) remove_temp_files(o.dir / t.rel);
   }
-  std::vector<const ShardLayout*> to_write;
-  std::vector<fs::path> stale;
+  open_output(o, targets, o.dir / kManifestName, std::move(record), threads);
+}
+
+// What a rank may find in the output directory besides a checkpoint it replaces: the other
+// ranks' locks, records and temporary files, and the targets' directories.
+bool is_split_run_file(const fs::directory_entry& e, const std::vector<Target>& targets) {
+  const auto name = e.path().filename().string();
+  if (e.is_directory())
+    return std::any_of(targets.begin(), targets.end(), [&](const Target& t) { return t.rel == name; });
+  return is_lock_name(name) || is_rank_manifest_name(name) || is_temp_name(name);
+}
+
+// A rank's checks of the output directory, before it writes: no single-process run's manifest,
+// no record of its own unless resuming or starting over, nothing else unless --overwrite, and
+// the records of its sibling ranks (the same world size) for the same conversion. Returns the
+// shards the records in the directory say are complete (for a resumed rank) and whether a
+// checkpoint there is being replaced.
+std::vector<ManifestShard> check_split_dir(const fs::path& dir, const Part& part, const nlohmann::ordered_json& identity,
+                                           const std::vector<Target>& targets, const WriteOptions& wo, bool& replace) {
+  if (!wo.overwrite && read_manifest(dir))
+    fail_usage("--out {}: holds an interrupted single-process conversion; finish it with --resume (without "
+               "--rank), or start over with --overwrite",
+               dir.string());
+  if (!wo.overwrite && !wo.resume)
+    for (const auto& e : fs::directory_iterator(dir))
+      if (!is_split_run_file(e, targets))
+        fail_usage("--out {}: directory is not empty (use --overwrite to replace its checkpoint)", dir.string());
+  std::vector<ManifestShard> complete;
+  replace = wo.overwrite;
+  const std::string own = rank_manifest_name(part);
+  for (const auto& [path, rec] : read_rank_manifests(dir)) {
+    const auto diff = identity_difference(rec.identity, identity);
+    const std::string name = path.filename().string();
+    if (name == own && !wo.resume && !wo.overwrite)
+      fail_usage("--out {}: holds rank {}'s interrupted conversion ({}); finish it with --resume, or start over "
+                 "with --overwrite",
+                 dir.string(), part.rank, name);
+    if (diff && (wo.resume || (!wo.overwrite && rec.part && rec.part->world == part.world)))
+      fail_input("--out {}: {} (rank {} of {}) records another conversion: {}; every rank needs the same input "
+                 "and options",
+                 dir.string(), name, rec.part ? rec.part->rank : 0, rec.part ? rec.part->world : 1, *diff);
+    if (!wo.resume) continue;
+    replace = replace || rec.replaces_existing;
+    complete.insert(complete.end(), rec.shards.begin(), rec.shards.end());
+  }
+  return complete;
+}
+
+// A rank's share of the output: its shards (the others marked OtherRank), checked against the
+// directory, the complete ones of an interrupted run verified, its record written.
+void prepare_part(Output& o, const Conversion& c, const fs::path& input, const Part& part, const WriteOptions& wo,
+                  unsigned threads) {
+  open_out_dir(o, part);
+  auto identity = conversion_identity(c.checkpoint(), c.options());
+  const auto recorded = check_split_dir(o.dir, part, identity, c.targets(), wo, o.replace);
+  o.shards = all_shards(c.plan(), c.targets(), o.dir);
+  const std::vector<uint32_t> rank_of = partition_shards(c.plan(), part.world);
+  o.found.assign(o.shards.size(), Found::No);
   for (size_t i = 0; i < o.shards.size(); ++i)
-    if (o.found[i] == Found::No) {
-      to_write.push_back(o.shards[i].layout);
-      stale.push_back(temp_path_for(o.shards[i].final_path()));
-    }
-  check_free_space(o.dir, to_write, stale);
-  // From here on the output directory holds a manifest; a failure removes it again, with every
-  // temporary file, so that only a killed run leaves something to resume.
-  o.manifest.emplace(o.dir, std::move(record));
-  for (const auto& t : targets) create_dir(o.dir / t.rel, o.created);
-  o.writers = open_shards(o.shards, o.found, *o.manifest, threads);
+    if (rank_of[i] != part.rank) o.found[i] = Found::OtherRank;
+  ManifestRecord record{std::move(identity), o.replace, {}};
+  record.part = part;
+  record.input = input.string();
+  verify_shards(recorded, o.shards, o.found, threads, record.shards);
+  open_output(o, c.targets(), o.dir / rank_manifest_name(part), std::move(record), threads);
 }
 
 // Makes the written checkpoint visible: every target's side files, config and index are staged
@@ -437,28 +523,164 @@ void publish(Output& o, const Checkpoint& ck, const Plan& plan, const std::vecto
     for (auto& f : files) f.commit();
     if (index) index->commit();
   }
-  o.manifest->remove();
+  if (o.manifest) o.manifest->remove();
+  for (const auto& r : o.rank_records)
+    if (::unlink(r.c_str()) != 0 && errno != ENOENT) fail_io_errno(errno, r.string() + ": cannot remove");
+  fsync_dir(o.dir);
   o.created.keep = true;
+}
+
+size_t count_found(const Output& o, std::initializer_list<Found> kinds) {
+  size_t n = 0;
+  for (Found f : o.found) n += std::find(kinds.begin(), kinds.end(), f) != kinds.end();
+  return n;
 }
 
 }  // namespace
 
-// prepare -> execute the shards still to write into the files -> publish.
+// prepare -> execute the shards still to write into the files -> publish (or, for a rank of a
+// split conversion, keep its shards under their temporary names and mark its record complete).
 WriteSummary Conversion::write(const fs::path& out, const WriteOptions& wo, const RunOptions& run) const {
   Output o{out};
-  prepare(o, *ck_, options_, plan_, targets_, wo, run.threads);
+  if (wo.part) prepare_part(o, *this, input_, *wo.part, wo, run.threads);
+  else prepare(o, *ck_, options_, plan_, targets_, wo, run.threads);
   WriteSummary sum;
-  sum.reused_shards = static_cast<size_t>(std::count(o.found.begin(), o.found.end(), Found::UnderTemp) +
-                                          std::count(o.found.begin(), o.found.end(), Found::UnderFinal));
-  // A resumed run writes the tensors of the shards still to write: a selection of the plan.
+  sum.reused_shards = count_found(o, {Found::UnderTemp, Found::UnderFinal});
+  // The tensors of the shards still to write: a selection of the plan.
   std::vector<bool> selected(plan_.tensors.size());
   for (size_t i = 0; i < plan_.tensors.size(); ++i) selected[i] = o.found[plan_.tensors[i].shard] == Found::No;
   const auto t1 = Clock::now();
   ShardFileSink sink(plan_, o.writers);
   sum.exec = run_plan(plan_, sink, run, std::move(selected));
-  publish(o, *ck_, plan_, targets_);
+  if (wo.part) {
+    for (auto& w : o.writers)
+      if (w) w->keep();
+    o.manifest->finish();
+  } else {
+    publish(o, *ck_, plan_, targets_);
+  }
   sum.execute_s = since(t1);
   return sum;
+}
+
+namespace {
+
+// The rank records of a split conversion of `world` ranks in `dir`, checked: every rank's record
+// present and complete, each for `identity`. Returns every complete shard they list, and in
+// `files` every rank record in `dir` (publishing removes them). Usage error naming the first rank
+// still to finish; InvalidInput for a record of another conversion.
+std::vector<ManifestShard> complete_records(const fs::path& dir, uint32_t world, const nlohmann::ordered_json& identity,
+                                            std::vector<fs::path>& files) {
+  std::vector<std::optional<ManifestRecord>> by_rank(world);
+  for (auto& [path, rec] : read_rank_manifests(dir)) {
+    files.push_back(path);
+    if (rec.part && rec.part->world == world) by_rank[rec.part->rank] = std::move(rec);
+  }
+  std::vector<ManifestShard> shards;
+  for (uint32_t r = 0; r < world; ++r) {
+    const auto& rec = by_rank[r];
+    if (!rec || !rec->complete)
+      fail_usage("{}: rank {} of {} has not {}; run it (with --resume if it was interrupted), then publish again",
+                 dir.string(), r, world, rec ? "completed" : "started");
+    if (const auto diff = identity_difference(rec->identity, identity))
+      fail_input("{}: rank {} of {} converted another input or options: {}", dir.string(), r, world, *diff);
+    shards.insert(shards.end(), rec->shards.begin(), rec->shards.end());
+  }
+  return shards;
+}
+
+// Whether rank `rank`'s record is incomplete while no process holds its lock: it died.
+bool rank_died(const fs::path& dir, const Part& part) {
+  std::optional<ManifestRecord> rec;
+  try {
+    rec = read_manifest_file(dir / rank_manifest_name(part));
+  } catch (const Error&) {
+    return false;  // not there (yet)
+  }
+  if (rec->complete) return false;
+  try {
+    WriterLock probe(dir, rank_lock_name(part.rank));
+  } catch (const Error&) {
+    return false;  // held: running
+  }
+  return true;
+}
+
+// Waits until every rank of `world` has a complete record, failing as soon as one has died.
+void wait_for_ranks(const fs::path& dir, uint32_t world) {
+  for (;;) {
+    bool all = true;
+    for (uint32_t r = 0; r < world && all; ++r) {
+      const Part part{r, world};
+      std::optional<ManifestRecord> rec;
+      try {
+        rec = read_manifest_file(dir / rank_manifest_name(part));
+      } catch (const Error&) {
+      }
+      all = rec && rec->complete;
+      if (!all && rank_died(dir, part))
+        fail(ErrorKind::Internal, "{}: rank {} of {} stopped before completing; rerun it with --resume, then publish",
+             dir.string(), r, world);
+    }
+    if (all) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+// The publisher's exclusive lock; with `wait`, retried while ranks still hold it shared.
+void lock_for_publish(Output& o, bool wait) {
+  for (;;) {
+    try {
+      o.lock.emplace(o.dir);
+      return;
+    } catch (const Error& e) {
+      if (!wait || e.kind() != ErrorKind::Usage) throw;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+}  // namespace
+
+void Conversion::publish_parts(const fs::path& out, uint32_t world, const PublishOptions& po) const {
+  if (po.wait) wait_for_ranks(out, world);
+  Output o{out};
+  lock_for_publish(o, po.wait);
+  const auto identity = conversion_identity(*ck_, options_);
+  const auto recorded = complete_records(out, world, identity, o.rank_records);
+  o.shards = all_shards(plan_, targets_, out);
+  o.found.assign(o.shards.size(), Found::No);
+  for (const auto& [path, rec] : read_rank_manifests(out)) o.replace = o.replace || rec.replaces_existing;
+  // Sizes only: each rank's writers hashed and synced their shards as they wrote them; reading
+  // every byte again here would double the conversion's I/O.
+  std::map<std::pair<std::string, std::string>, uint64_t> size_of;
+  for (const auto& s : recorded) size_of[{s.dir, s.file}] = s.size;
+  for (size_t i = 0; i < o.shards.size(); ++i) {
+    const ShardRef& ref = o.shards[i];
+    const auto it = size_of.find({ref.target->rel, ref.layout->file_name});
+    if (it == size_of.end() || it->second != ref.layout->file_size)
+      fail_input("{}: no rank recorded shard {} complete", out.string(), (fs::path(ref.target->rel) / ref.layout->file_name).string());
+    std::error_code ec;
+    const fs::path temp = temp_path_for(ref.final_path());
+    o.found[i] = fs::file_size(temp, ec) == it->second ? Found::UnderTemp
+                 : fs::file_size(ref.final_path(), ec) == it->second ? Found::UnderFinal
+                                                                     : Found::No;
+    if (o.found[i] == Found::No)
+      fail_input("{}: shard {} was recorded complete but is missing or of another size", out.string(), temp.string());
+  }
+  for (size_t i = 0; i < o.shards.size(); ++i)
+    o.writers.push_back(std::make_unique<FinishedShard>(o.shards[i].final_path(), o.found[i] == Found::UnderTemp));
+  publish(o, *ck_, plan_, targets_);
+}
+
+uint32_t publish_split(const fs::path& out, const PublishOptions& po) {
+  std::optional<ManifestRecord> any;
+  for (auto& [path, rec] : read_rank_manifests(out))
+    if (rec.part && rec.complete && (!any || rec.part->rank == 0)) any = std::move(rec);
+  if (!any) fail_usage("{}: no rank of a split conversion has completed there; nothing to publish", out.string());
+  const Conversion c = Conversion::plan(any->input, plan_options_of(any->identity["parameters"]));
+  c.publish_parts(out, any->part->world, po);
+  return any->part->world;
 }
 
 ConvertSummary convert(const ConvertOptions& opt) {
@@ -475,10 +697,24 @@ ConvertSummary convert(const ConvertOptions& opt) {
     sum.exec = c.execute(sink, opt.run);
     sum.execute_s = since(t1);
   } else if (!opt.dry_run) {
+    if (opt.on_planned) opt.on_planned(c);
     const WriteSummary w = c.write(opt.out, opt.write, opt.run);
     sum.exec = w.exec;
     sum.execute_s = w.execute_s;
     sum.reused_shards = w.reused_shards;
+    if (const auto& part = opt.write.part) {
+      const bool publishes = opt.on_part_written ? opt.on_part_written() : opt.publish.wait && part->rank == 0;
+      if (publishes) c.publish_parts(opt.out, part->world, opt.publish);
+      sum.published = publishes;
+    }
+  }
+  if (const auto& part = opt.write.part) {
+    const auto rank_of = partition_shards(c.plan(), part->world);
+    const Balance b = partition_balance(c.plan(), rank_of, part->world);
+    sum.part = part;
+    sum.part_shards = static_cast<size_t>(std::count(rank_of.begin(), rank_of.end(), part->rank));
+    sum.part_bytes = b.bytes[part->rank];
+    sum.balance = b.ratio;
   }
   const Plan& plan = c.plan();
   sum.input_tensors = c.checkpoint().tensors().size();

@@ -12,17 +12,25 @@
 // shards under their temporary names; `resume` verifies those shards, writes only the others (a
 // selection of the same plan) and publishes the whole. Without `resume`, an output directory
 // holding a manifest is refused unless `overwrite` starts over.
+//
+// A conversion split across processes (WriteOptions::part; pipeline/partition.h) runs `write` in
+// every rank: each writes the shards the partition gives it, under their temporary names, and
+// its completion record, and publishes nothing. `publish_parts` — in one process, once every
+// rank's record says complete — checks the records against the plan and publishes the whole, as
+// a single run would have. Each rank resumes like a single run, from the records in the directory.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "formats/checkpoint.h"
 #include "pipeline/executor.h"
+#include "pipeline/partition.h"
 #include "pipeline/plan.h"
 #include "pipeline/sink.h"
 
@@ -40,12 +48,19 @@ struct RunOptions {
 struct WriteOptions {
   bool overwrite = false;
   bool resume = false;  // finish the interrupted conversion in the output directory (see above)
+  std::optional<Part> part;  // write only this rank's share, and publish nothing (see above)
 };
 
 struct WriteSummary {
   ExecStats exec;
   double execute_s = 0;
   size_t reused_shards = 0;  // complete shards a resumed run verified and kept
+};
+
+struct PublishOptions {
+  // Wait for ranks still running instead of refusing; a rank whose record is incomplete while no
+  // process holds its lock has died, which ends the wait with an error.
+  bool wait = false;
 };
 
 // One output directory of a conversion: its path under the output ("" or "rank-0000") and its
@@ -68,13 +83,21 @@ class Conversion {
   ExecStats execute(TensorSink& sink, const RunOptions& run, std::vector<bool> selected = {}) const;
   // Writes and publishes the conversion in `out` (see above).
   WriteSummary write(const std::filesystem::path& out, const WriteOptions& options, const RunOptions& run) const;
+  // Publishes the split conversion in `out` once all `world` ranks are complete (see above).
+  void publish_parts(const std::filesystem::path& out, uint32_t world, const PublishOptions& options) const;
 
  private:
+  std::filesystem::path input_;     // absolute: recorded for `publish_split`
   std::unique_ptr<Checkpoint> ck_;  // the plan points into its headers
   PlanOptions options_;
   Plan plan_;
   std::vector<Target> targets_;
 };
+
+// `ckptconv publish DIR`: plans the split conversion whose rank records are in `out` again, from
+// the input and options they record, and publishes it (Conversion::publish_parts). Returns the
+// number of ranks.
+uint32_t publish_split(const std::filesystem::path& out, const PublishOptions& options);
 
 struct ConvertOptions {
   std::filesystem::path in, out;
@@ -83,6 +106,13 @@ struct ConvertOptions {
   WriteOptions write;
   bool dry_run = false;    // stop after planning: nothing is created or written
   bool null_sink = false;  // convert fully but discard the output (benchmarks at any size)
+  // A split conversion (write.part): `on_planned` may refuse a plan the other ranks do not share;
+  // once the part is written, `on_part_written` says whether this process publishes the whole
+  // (under MPI: after a barrier, rank 0). Without it, `publish.wait` does: rank 0 waits for the
+  // others' records and publishes.
+  std::function<void(const Conversion&)> on_planned;
+  std::function<bool()> on_part_written;
+  PublishOptions publish;
 };
 
 struct ConvertSummary {
@@ -90,6 +120,11 @@ struct ConvertSummary {
   uint64_t input_bytes = 0, output_bytes = 0;
   size_t shards = 0;
   size_t reused_shards = 0;  // complete shards a resumed run verified and kept
+  std::optional<Part> part;  // a split conversion's rank: what it wrote, and the partition's balance
+  size_t part_shards = 0;
+  uint64_t part_bytes = 0;
+  double balance = 1;        // max / mean bytes per rank
+  bool published = true;     // false for a rank that left publishing to another process
   double plan_s = 0, execute_s = 0, total_s = 0;
   uint64_t peak_rss_bytes = 0;
   ExecStats exec;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <fstream>
@@ -133,6 +134,32 @@ nlohmann::ordered_json conversion_identity(const Checkpoint& ck, const PlanOptio
   return {{"parameters", std::move(params)}, {"inputs", std::move(inputs)}};
 }
 
+PlanOptions plan_options_of(const nlohmann::ordered_json& p) {
+  PlanOptions o;
+  try {
+    const auto pick = [&](const char* key, auto name_of, auto& field, auto... values) {
+      const std::string v = p.at(key).get<std::string>();
+      for (auto value : {values...})
+        if (name_of(value) == v) {
+          field = value;
+          return;
+        }
+      fail_input("rank record: {} '{}' is not one this ckptconv knows", key, v);
+    };
+    pick("--to", direction_name, o.direction, Direction::Dequant, Direction::Native, Direction::Hf);
+    pick("--dtype", out_type_name, o.dtype, OutType::BF16, OutType::F16, OutType::F32);
+    pick("--mtp", mtp_name, o.mtp, MtpMode::Auto, MtpMode::On, MtpMode::Off);
+    pick("--quantize", quantize_name, o.quantize, QuantizeMode::None, QuantizeMode::Placeholder, QuantizeMode::Real);
+    o.family = p.at("--family").get<std::string>();
+    o.ep_size = p.at("--ep-size").get<uint32_t>();
+    if (!p.at("--ep-rank").is_null()) o.ep_rank = p["--ep-rank"].get<uint32_t>();
+    o.max_shard_size = p.at("--max-shard-size").get<uint64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    fail_input("rank record: unreadable parameters: {}", e.what());
+  }
+  return o;
+}
+
 std::optional<std::string> identity_difference(const nlohmann::ordered_json& then, const nlohmann::ordered_json& now) {
   const auto& tp = then["parameters"];
   for (const auto& [key, value] : now["parameters"].items()) {
@@ -157,10 +184,31 @@ std::optional<std::string> identity_difference(const nlohmann::ordered_json& the
   return std::nullopt;
 }
 
+std::string rank_manifest_name(const Part& part) {
+  return fmt::format(".ckptconv-rank-{:05d}-of-{:05d}.json", part.rank, part.world);
+}
+
+bool is_rank_manifest_name(const std::string& name) {
+  return name.starts_with(".ckptconv-rank-") && name.ends_with(".json") && name.find("-of-") != std::string::npos;
+}
+
 std::optional<ManifestRecord> read_manifest(const fs::path& out_dir) {
   const fs::path path = out_dir / kManifestName;
   std::error_code ec;
   if (!fs::exists(fs::symlink_status(path, ec))) return std::nullopt;
+  return read_manifest_file(path);
+}
+
+std::vector<std::pair<fs::path, ManifestRecord>> read_rank_manifests(const fs::path& out_dir) {
+  std::vector<std::pair<fs::path, ManifestRecord>> records;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(out_dir, ec))
+    if (is_rank_manifest_name(e.path().filename().string())) records.emplace_back(e.path(), read_manifest_file(e.path()));
+  std::sort(records.begin(), records.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return records;
+}
+
+ManifestRecord read_manifest_file(const fs::path& path) {
   nlohmann::ordered_json j;
   try {
     j = nlohmann::ordered_json::parse(read_whole(path));
@@ -180,14 +228,19 @@ std::optional<ManifestRecord> read_manifest(const fs::path& out_dir) {
     for (const auto& s : j.at("shards"))
       r.shards.push_back({s.at("dir").get<std::string>(), s.at("file").get<std::string>(),
                           s.at("size").get<uint64_t>(), parse_hex(path, s.at("checksum"))});
+    if (j.contains("part")) {
+      r.part = Part{j["part"].at("rank").get<uint32_t>(), j["part"].at("world_size").get<uint32_t>()};
+      if (r.part->world == 0 || r.part->rank >= r.part->world) bad_manifest(path, "rank {} of {}", r.part->rank, r.part->world);
+      r.input = j.at("input").get<std::string>();
+      r.complete = j.at("complete").get<bool>();
+    }
   } catch (const nlohmann::json::exception& e) {
     bad_manifest(path, "{}", e.what());
   }
   return r;
 }
 
-ManifestFile::ManifestFile(const fs::path& out_dir, ManifestRecord record)
-    : path_(out_dir / kManifestName), record_(std::move(record)) {
+ManifestFile::ManifestFile(fs::path path, ManifestRecord record) : path_(std::move(path)), record_(std::move(record)) {
   save();
 }
 
@@ -201,17 +254,30 @@ void ManifestFile::save() {
   nlohmann::ordered_json shards = nlohmann::ordered_json::array();
   for (const auto& s : record_.shards)
     shards.push_back({{"dir", s.dir}, {"file", s.file}, {"size", s.size}, {"checksum", hex(s.checksum)}});
-  const nlohmann::ordered_json j = {{"ckptconv_manifest", kVersion},
-                                    {"checksum", kShardChecksumName},
-                                    {"parameters", record_.identity["parameters"]},
-                                    {"inputs", record_.identity["inputs"]},
-                                    {"replaces_existing", record_.replaces_existing},
-                                    {"shards", std::move(shards)}};
+  nlohmann::ordered_json j = {{"ckptconv_manifest", kVersion},
+                              {"checksum", kShardChecksumName},
+                              {"parameters", record_.identity["parameters"]},
+                              {"inputs", record_.identity["inputs"]},
+                              {"replaces_existing", record_.replaces_existing},
+                              {"shards", std::move(shards)}};
+  if (record_.part) {
+    j["part"] = {{"rank", record_.part->rank}, {"world_size", record_.part->world}};
+    j["input"] = record_.input;
+    j["complete"] = record_.complete;
+  }
   write_file_atomic(path_, j.dump(1) + "\n");
 }
 
 ManifestFile::~ManifestFile() {
   if (!removed_) ::unlink(path_.c_str());
+}
+
+void ManifestFile::finish() {
+  std::lock_guard lock(mu_);
+  record_.complete = true;
+  save();
+  fsync_dir(path_.parent_path());
+  removed_ = true;  // kept: the rank's completion record
 }
 
 void ManifestFile::remove() {

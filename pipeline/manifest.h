@@ -14,6 +14,13 @@
 //    "replaces_existing": false,
 //    "shards": [{"dir": "" or "rank-0000", "file": "model-00001-of-00009.safetensors", "size": N,
 //                "checksum": "16 hex digits"}, ...]}
+//
+// A conversion split across processes (pipeline/partition.h) keeps one such record per rank,
+// `.ckptconv-rank-RRRRR-of-NNNNN.json`, with three more members: "part": {"rank", "world_size"},
+// "input" (the input's absolute path: `ckptconv publish` plans the conversion again from it) and
+// "complete" — true once every shard of the rank is written and synced under its temporary name.
+// Unlike the single run's manifest, a complete record stays until the whole output is published:
+// it is the rank's completion record.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -26,6 +33,7 @@
 #include <vector>
 
 #include "formats/checkpoint.h"
+#include "pipeline/partition.h"
 #include "pipeline/plan.h"
 
 namespace ckpt {
@@ -42,10 +50,21 @@ struct ManifestRecord {
   nlohmann::ordered_json identity;  // {"parameters": ..., "inputs": ...}: conversion_identity()
   bool replaces_existing = false;   // the run was started with --overwrite
   std::vector<ManifestShard> shards;
+  // A rank's record only (see above).
+  std::optional<Part> part;
+  std::string input;
+  bool complete = false;
 };
+
+// The record file of one rank, and whether a file name is one.
+std::string rank_manifest_name(const Part& part);
+bool is_rank_manifest_name(const std::string& file_name);
 
 // The parameters and input identity of converting `ck` with `options`.
 nlohmann::ordered_json conversion_identity(const Checkpoint& ck, const PlanOptions& options);
+
+// The options a conversion identity's "parameters" record (InvalidInput if they cannot be read).
+PlanOptions plan_options_of(const nlohmann::ordered_json& parameters);
 
 // The first difference between a recorded identity and the current one, as a phrase naming the
 // option or input file ("--max-shard-size was 1000000, now 2000000"), or nothing when they match.
@@ -54,20 +73,26 @@ std::optional<std::string> identity_difference(const nlohmann::ordered_json& the
 // The manifest in `out_dir`, or nothing when there is none. A file that is not a manifest of this
 // version is an InvalidInput error.
 std::optional<ManifestRecord> read_manifest(const std::filesystem::path& out_dir);
+// The record in `path` (InvalidInput error as above; Io error if unreadable).
+ManifestRecord read_manifest_file(const std::filesystem::path& path);
+// Every rank's record in `out_dir`, of any world size, by file name.
+std::vector<std::pair<std::filesystem::path, ManifestRecord>> read_rank_manifests(const std::filesystem::path& out_dir);
 
-// The manifest of a running conversion: written when constructed, rewritten atomically by every
-// `add` (thread-safe: shards complete on the executor's threads), deleted by `remove` once the
-// output is published — or by the destructor, when a failure unwinds the run (a failed run
-// leaves nothing to resume; only a killed one does).
+// The manifest of a running conversion, at `path`: written when constructed, rewritten atomically
+// by every `add` (thread-safe: shards complete on the executor's threads), deleted by `remove`
+// once the output is published — or by the destructor, when a failure unwinds the run (a failed
+// run leaves nothing to resume; only a killed one does). A rank's record is instead kept by
+// `finish`, which marks it complete.
 class ManifestFile {
  public:
-  ManifestFile(const std::filesystem::path& out_dir, ManifestRecord record);
+  ManifestFile(std::filesystem::path path, ManifestRecord record);
   ~ManifestFile();
   ManifestFile(const ManifestFile&) = delete;
   ManifestFile& operator=(const ManifestFile&) = delete;
 
   void add(ManifestShard shard);
   void remove();  // Io error if the file cannot be deleted
+  void finish();  // "complete": true, and the file stays
 
  private:
   void save();

@@ -6,7 +6,7 @@ namespace ckpt {
 
 nlohmann::ordered_json summary_json(const ConvertSummary& s, const SummaryLabels& l) {
   const double gbps = s.execute_s > 0 ? static_cast<double>(s.output_bytes) / s.execute_s / 1e9 : 0;
-  return {{"input", l.input}, {"output", l.output}, {"direction", l.direction}, {"dtype", l.dtype},
+  nlohmann::ordered_json j = {{"input", l.input}, {"output", l.output}, {"direction", l.direction}, {"dtype", l.dtype},
           {"input_tensors", s.input_tensors}, {"output_tensors", s.output_tensors},
           {"dequantized", s.dequantized}, {"dropped", s.dropped}, {"shards", s.shards},
           {"reused_shards", s.reused_shards}, {"input_bytes", s.input_bytes}, {"output_bytes", s.output_bytes},
@@ -15,6 +15,10 @@ nlohmann::ordered_json summary_json(const ConvertSummary& s, const SummaryLabels
           {"io", l.io}, {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers},
           {"buffers_allocated", s.exec.buffers_allocated}, {"isa", s.isa},
           {"stage_seconds", {{"read", s.exec.read_s}, {"dequantize", s.exec.transform_s}, {"write", s.exec.write_s}}}};
+  if (s.part)
+    j["part"] = {{"rank", s.part->rank}, {"world_size", s.part->world}, {"shards", s.part_shards},
+                 {"bytes", s.part_bytes}, {"balance_max_over_mean", s.balance}, {"published", s.published}};
+  return j;
 }
 
 ConvertSummary summary_from_json(std::string_view text) {

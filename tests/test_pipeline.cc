@@ -43,6 +43,7 @@ class RecordingSink final : public ShardSink {
     std::memcpy(bytes_.data() + offset, data, len);
   }
   void commit() override {}
+  void keep() override {}
   const std::string& bytes() const { return bytes_; }
 
  private:
