@@ -5,7 +5,8 @@ ckpt_install_deps() {
   local pkgs=(cmake ninja-build g++ libboost-iostreams-dev libtbb-dev libsimdjson-dev catch2
               libfmt-dev nlohmann-json3-dev libcli11-dev libbenchmark-dev libxxhash-dev
               clang libclang-rt-dev llvm  # tests/sanitize.sh: clang, its sanitizer runtimes, llvm-symbolizer
-              pkg-config python3-dev python3-pybind11 python3-numpy python3-pytest)  # the package and binding
+              pkg-config python3-dev python3-pybind11 python3-numpy python3-pytest  # the package and binding
+              libopenmpi-dev openmpi-bin)  # split conversions under mpirun (dist/, tests/split_test.sh)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
