@@ -121,7 +121,10 @@ void print_summary(const ConvertArgs& a, const ConvertSummary& s,
     std::cout << summary_json(s, {a.in, a.out, a.to, a.dtype, a.io}).dump(2) << "\n";
     return;
   }
-  if (s.part) {
+  if (s.part && a.dry_run) {
+    fmt::print("rank {} of {} would write {} of {} shard(s), {} (partition max/mean {:.3f})\n", s.part->rank,
+               s.part->world, s.part_shards, s.shards, Progress::bytes(static_cast<double>(s.part_bytes)), s.balance);
+  } else if (s.part) {
     fmt::print("rank {} of {}: {} of {} shard(s), {} written in {:.2f} s (partition max/mean {:.3f}); {}\n",
                s.part->rank, s.part->world, s.part_shards, s.shards,
                Progress::bytes(static_cast<double>(s.part_bytes)), s.total_s, s.balance,

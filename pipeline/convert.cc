@@ -63,6 +63,10 @@ std::optional<ManifestRecord> prepare_out_dir(const fs::path& out, const WriteOp
   if (fs::equivalent(out, ck.dir(), ec))
     fail_usage("--out {}: is the input directory; write the conversion elsewhere", out.string());
   auto previous = read_manifest(out);
+  if (!previous && !opt.overwrite && !read_rank_manifests(out).empty())
+    fail_usage("--out {}: holds the records of a conversion split across processes; resume its ranks with "
+               "--rank/--world-size (or under the same launcher) and --resume, or publish it with `ckptconv publish`",
+               out.string());
   if (opt.resume) {
     if (previous) return previous;
     if (opt.overwrite || holds_only_temp_files(out)) return std::nullopt;
