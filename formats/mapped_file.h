@@ -23,9 +23,11 @@
 #include <filesystem>
 #include <string>
 
+#include "formats/input_file.h"
+
 namespace ckpt {
 
-class MappedFile {
+class MappedFile final : public InputFile {
  public:
   // Opens and maps `path` read-only. A zero-length file is valid and maps to an empty range.
   explicit MappedFile(const std::filesystem::path& path);
@@ -33,24 +35,27 @@ class MappedFile {
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
 
-  const std::filesystem::path& path() const { return path_; }
-  const uint8_t* data() const { return data_; }
-  uint64_t size() const { return size_; }
+  const std::filesystem::path& path() const override { return path_; }
+  const uint8_t* data() const override { return data_; }
+  uint64_t size() const override { return size_; }
 
   // Reads [offset, offset+len) into `dst` with pread, whatever the map holds. A file that ends
   // early is an InvalidInput error (it changed since it was opened), a failing read an Io error.
-  void read(uint64_t offset, uint64_t len, uint8_t* dst) const;
+  void read(uint64_t offset, uint64_t len, uint8_t* dst) const override;
 
   // Advice on the pages of [offset, offset+len): `prefetch` asks for read-ahead, `release` drops
   // them from this process's mapping (they stay in the page cache, and a later read of them
   // simply faults them back in). Both are hints and never fail.
-  void prefetch(uint64_t offset, uint64_t len) const;
-  void release(uint64_t offset, uint64_t len) const;
+  void prefetch(uint64_t offset, uint64_t len) const override;
+  void release(uint64_t offset, uint64_t len) const override;
 
   // Throws InvalidInput if a page of the map vanished under a read (the file was truncated while
   // mapped), or — with `deep` — if the file at the path is no longer the one that was opened or
   // its size or modification time changed. The first check is one atomic load.
-  void check_intact(bool deep = false) const;
+  void check_intact(bool deep = false) const override;
+
+  // Size and modification time when opened.
+  nlohmann::ordered_json identity() const override;
 
   // Whether any mapped file of the process has lost a page since it was opened: one atomic load,
   // cheap enough to test after every work item.

@@ -1,6 +1,7 @@
 #include "formats/safetensors.h"
 
 #include <simdjson.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cstring>
@@ -223,8 +224,29 @@ Header parse_header(const uint8_t* bytes, uint64_t available, uint64_t file_size
   return h;
 }
 
-SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : map_(path) {
-  header_ = parse_header(map_.data(), map_.size(), map_.size(), path.string());
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
+    : SafetensorsFile(std::make_unique<MappedFile>(path)) {}
+
+SafetensorsFile::SafetensorsFile(std::unique_ptr<InputFile> source) : source_(std::move(source)) {
+  const InputFile& f = *source_;
+  const std::string name = f.path().string();
+  std::vector<uint8_t> copy;  // the header's bytes, where the file is not in memory
+  const uint8_t* bytes = f.data();
+  uint64_t available = f.size();
+  if (!bytes) {
+    uint8_t prefix[8] = {};
+    if (f.size() >= 8) f.read(0, 8, prefix);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | prefix[i];
+    // parse_header names what is wrong with a length that does not fit; read only one that does.
+    available = f.size() >= 8 && n <= kMaxHeaderSize && n <= f.size() - 8 ? 8 + n : std::min<uint64_t>(f.size(), 8);
+    copy.resize(available);
+    std::memcpy(copy.data(), prefix, std::min<uint64_t>(available, 8));
+    if (available > 8) f.read(8, available - 8, copy.data() + 8);
+    bytes = copy.data();
+  }
+  header_ = parse_header(bytes, available, f.size(), name);
+  header_hash_ = XXH3_64bits(bytes, header_.data_start);
   index_.reserve(header_.tensors.size());
   for (size_t i = 0; i < header_.tensors.size(); ++i) index_.emplace(header_.tensors[i].name, i);
 }

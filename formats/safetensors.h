@@ -53,24 +53,30 @@ struct Header {
 Header parse_header(const uint8_t* bytes, uint64_t available, uint64_t file_size,
                     std::string_view file);
 
-// One safetensors file, mapped and validated.
+// One safetensors file, open and validated: a local file is mapped (formats/mapped_file.h).
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::filesystem::path& path);
+  // Reads and validates the header of `source` (the 8-byte length, then the header).
+  explicit SafetensorsFile(std::unique_ptr<InputFile> source);
 
-  const std::filesystem::path& path() const { return map_.path(); }
+  const std::filesystem::path& path() const { return source_->path(); }
   const Header& header() const { return header_; }
   const std::vector<TensorInfo>& tensors() const { return header_.tensors; }
   const TensorInfo* find(std::string_view name) const;
 
-  // The tensor's bytes inside the map, and its absolute file offset.
-  const uint8_t* data(const TensorInfo& t) const { return map_.data() + header_.data_start + t.begin; }
+  // The tensor's bytes inside the map (only where source().data() is not null), and its absolute
+  // file offset.
+  const uint8_t* data(const TensorInfo& t) const { return source_->data() + header_.data_start + t.begin; }
   uint64_t file_offset(const TensorInfo& t) const { return header_.data_start + t.begin; }
-  const MappedFile& map() const { return map_; }
+  const InputFile& source() const { return *source_; }
+  // XXH3-64 of the header's bytes (the length prefix included): part of the input's identity.
+  uint64_t header_hash() const { return header_hash_; }
 
  private:
-  MappedFile map_;
+  std::unique_ptr<InputFile> source_;
   Header header_;
+  uint64_t header_hash_ = 0;
   std::unordered_map<std::string_view, size_t> index_;
 };
 

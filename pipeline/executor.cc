@@ -107,8 +107,8 @@ std::vector<const SafetensorsFile*> input_files(const Plan& plan) {
 // fails inside the kernel without a signal).
 void check_item_inputs(const PlannedTensor& t, bool deep) {
   for (const auto& p : t.pieces) {
-    p.input.file->map().check_intact(deep);
-    if (p.scale.file) p.scale.file->map().check_intact(deep);
+    p.input.file->source().check_intact(deep);
+    if (p.scale.file) p.scale.file->source().check_intact(deep);
   }
 }
 
@@ -259,13 +259,13 @@ void release_rows(const Piece& p, uint64_t in_r0, uint64_t in_r1) {
   const DType in = p.input.info->dtype;
   const auto& f = *p.input.file;
   const uint64_t at = elements_bytes(in, in_r0 * p.in_cols);  // rows of sub-byte copies: rounded down
-  f.map().release(f.file_offset(*p.input.info) + at, elements_bytes(in, in_r1 * p.in_cols) - at);
+  f.source().release(f.file_offset(*p.input.info) + at, elements_bytes(in, in_r1 * p.in_cols) - at);
   if (!p.scale.info) return;
   const DequantScheme& d = p.scheme;
   const auto& sf = *p.scale.file;
   const uint64_t ses = dtype_size(p.scale.info->dtype);
   const uint64_t g0 = in_r0 / d.block_rows, g1 = (in_r1 - 1) / d.block_rows + 1;
-  sf.map().release(sf.file_offset(*p.scale.info) + g0 * d.grid_cols * ses, (g1 - g0) * d.grid_cols * ses);
+  sf.source().release(sf.file_offset(*p.scale.info) + g0 * d.grid_cols * ses, (g1 - g0) * d.grid_cols * ses);
 }
 
 void release_item(const PlannedTensor& t, uint64_t first, uint64_t last, bool segment_done) {
@@ -378,7 +378,7 @@ class Run {
       if (p.transpose || r.empty()) continue;
       const DType in = p.input.info->dtype;
       const uint64_t at = elements_bytes(in, r.row0 * p.in_cols);
-      p.input.file->map().prefetch(p.input.file->file_offset(*p.input.info) + at,
+      p.input.file->source().prefetch(p.input.file->file_offset(*p.input.info) + at,
                                    elements_bytes(in, r.row1 * p.in_cols) - at);
     }
     return it;
@@ -416,7 +416,7 @@ class Run {
   void finish(ExecStats& stats) {
     if (first_error_) std::rethrow_exception(first_error_);
     // Whatever the items saw, a rewrite in place or a replacement of an input shows only here.
-    for (const SafetensorsFile* f : input_files(plan_)) f->map().check_intact(true);
+    for (const SafetensorsFile* f : input_files(plan_)) f->source().check_intact(true);
     stats.items = items_;
     stats.bytes_read = staging_.bytes_read();
     stats.buffers_allocated = pool_.allocated();

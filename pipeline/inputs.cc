@@ -4,7 +4,7 @@
 
 namespace ckpt {
 
-ItemInputs::Region ItemInputs::read(const MappedFile& f, uint64_t tensor_offset, uint64_t in_cols, uint64_t es,
+ItemInputs::Region ItemInputs::read(const InputFile& f, uint64_t tensor_offset, uint64_t in_cols, uint64_t es,
                                     uint64_t r0, uint64_t r1, uint64_t c0, uint64_t c1) {
   Region r{used_, r0, c0, 0};
   const uint64_t width = c1 - c0;
@@ -34,7 +34,7 @@ void ItemInputs::stage(const PlannedTensor& t, uint64_t first, uint64_t last) {
     const Piece& p = t.pieces[0];
     const DType d = p.input.info->dtype;
     const uint64_t at = elements_bytes(d, first), n = elements_bytes(d, last) - at;
-    regions_.push_back(read(p.input.file->map(), p.input.file->file_offset(*p.input.info) + at, n, 1, 0, 1, 0, n));
+    regions_.push_back(read(p.input.file->source(), p.input.file->file_offset(*p.input.info) + at, n, 1, 0, 1, 0, n));
     return;
   }
   regions_.resize(2 * t.pieces.size());  // per piece: input, scale
@@ -45,11 +45,11 @@ void ItemInputs::stage(const PlannedTensor& t, uint64_t first, uint64_t last) {
     const uint64_t a = r.row0, b = r.row1, c0 = r.col0, c1 = r.col1;
     const auto& in = *p.input.file;
     regions_[2 * i] =
-        read(in.map(), in.file_offset(*p.input.info), p.in_cols, dtype_size(p.input.info->dtype), a, b, c0, c1);
+        read(in.source(), in.file_offset(*p.input.info), p.in_cols, dtype_size(p.input.info->dtype), a, b, c0, c1);
     if (!p.scale.info) continue;
     const DequantScheme& d = p.scheme;
     const auto& sf = *p.scale.file;
-    regions_[2 * i + 1] = read(sf.map(), sf.file_offset(*p.scale.info), d.grid_cols, dtype_size(p.scale.info->dtype),
+    regions_[2 * i + 1] = read(sf.source(), sf.file_offset(*p.scale.info), d.grid_cols, dtype_size(p.scale.info->dtype),
                                a / d.block_rows, (b - 1) / d.block_rows + 1, 0, d.grid_cols);
   }
 }

@@ -38,7 +38,7 @@ class ItemInputs {
     uint64_t row0 = 0, col0 = 0, stride = 0;
   };
   // Reads rows [r0, r1) × columns [c0, c1) of a row-major matrix at `tensor_offset` of `f`.
-  Region read(const MappedFile& f, uint64_t tensor_offset, uint64_t in_cols, uint64_t es, uint64_t r0, uint64_t r1,
+  Region read(const InputFile& f, uint64_t tensor_offset, uint64_t in_cols, uint64_t es, uint64_t r0, uint64_t r1,
               uint64_t c0, uint64_t c1);
   std::vector<Region> regions_;  // per piece: input, then scale (when it has one)
   std::vector<uint8_t> buf_;

@@ -112,14 +112,11 @@ nlohmann::ordered_json conversion_identity(const Checkpoint& ck, const PlanOptio
   };
   nlohmann::ordered_json inputs = nlohmann::ordered_json::array();
   for (const auto& f : ck.files()) {
-    const auto st = stat_of(f->path());
-    const uint64_t header_len = f->header().data_start;
-    if (header_len > f->map().size())
-      fail(ErrorKind::Internal, "{}: header of {} bytes is past the end of the map", f->path().string(), header_len);
-    inputs.push_back({{"file", f->path().filename().string()},
-                      {"size", static_cast<uint64_t>(st.st_size)},
-                      {"mtime_ns", mtime_ns(st)},
-                      {"header_xxh3", hex(XXH3_64bits(f->map().data(), header_len))}});
+    nlohmann::ordered_json in = {{"file", f->path().filename().string()}};
+    const auto version = f->source().identity();
+    for (const auto& [key, value] : version.items()) in[key] = value;
+    in["header_xxh3"] = hex(f->header_hash());
+    inputs.push_back(std::move(in));
   }
   // The plan also depends on config.json (family, layer count, expert sizes); it is small.
   const fs::path config = ck.dir() / "config.json";
