@@ -1,11 +1,10 @@
 #include "formats/checkpoint.h"
 
 #include <simdjson.h>
+#include <xxhash.h>
 
 #include <algorithm>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "formats/error.h"
 
@@ -15,21 +14,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) fail(ErrorKind::Io, "{}: cannot open", p.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 using Shards = std::vector<std::unique_ptr<SafetensorsFile>>;
 using WeightMap = std::vector<std::pair<std::string, std::string>>;  // (tensor, shard file) in index order
 using ShardsByName = std::unordered_map<std::string, const SafetensorsFile*>;
 
 // The shard names the index lists, checked against its weight map later.
-WeightMap read_weight_map(const fs::path& index_path) {
-  const std::string text = read_text(index_path);
+WeightMap read_weight_map(const std::string& text, const fs::path& index_path) {
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
   if (auto err = parser.parse(text).get(doc))
@@ -65,19 +55,22 @@ bool is_weight_file(const fs::path& p) {
 
 // The shards the index lists, each once, opened in name order. A missing or irregular one is named
 // before any is read (opening a FIFO would block forever, and a directory or device is no shard).
-Shards open_listed_shards(const fs::path& dir, const fs::path& index, const WeightMap& entries,
+Shards open_listed_shards(const CheckpointStore& store, const fs::path& index, const WeightMap& entries,
                           ShardsByName& by_file) {
   std::vector<std::string> shard_names;
   for (const auto& [_, f] : entries)
     if (std::find(shard_names.begin(), shard_names.end(), f) == shard_names.end()) shard_names.push_back(f);
   std::sort(shard_names.begin(), shard_names.end());
+  for (const auto& f : shard_names) {
+    const auto kind = store.kind(f);
+    if (kind == CheckpointStore::Kind::Missing)
+      fail_input("{}: lists shard '{}', which does not exist", index.string(), f);
+    if (kind != CheckpointStore::Kind::File)
+      fail_input("{}: lists shard '{}', which is not a regular file", index.string(), f);
+  }
   Shards files;
   for (const auto& f : shard_names) {
-    if (!fs::exists(dir / f))
-      fail_input("{}: lists shard '{}', which does not exist", index.string(), f);
-    if (!fs::is_regular_file(dir / f))
-      fail_input("{}: lists shard '{}', which is not a regular file", index.string(), f);
-    files.push_back(std::make_unique<SafetensorsFile>(dir / f));
+    files.push_back(std::make_unique<SafetensorsFile>(store.open(f)));
     by_file[f] = files.back().get();
   }
   return files;
@@ -106,36 +99,35 @@ void check_weight_map(const fs::path& index, const WeightMap& entries, const Sha
                    t.name, f->path().filename().string());
 }
 
-Shards open_indexed(const fs::path& dir, const fs::path& index) {
-  const WeightMap entries = read_weight_map(index);
+Shards open_indexed(const CheckpointStore& store) {
+  const fs::path index = store.root() / kIndexName;
+  const WeightMap entries = read_weight_map(store.read(kIndexName), index);
   ShardsByName by_file;
-  Shards files = open_listed_shards(dir, index, entries, by_file);
+  Shards files = open_listed_shards(store, index, entries, by_file);
   check_weight_map(index, entries, files, by_file);
   return files;
 }
 
-// Without an index: every visible .safetensors file of the directory, in name order.
-Shards open_unindexed(const fs::path& dir) {
-  std::vector<fs::path> shards;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file() && e.path().extension() == ".safetensors" && e.path().filename().string()[0] != '.')
-      shards.push_back(e.path());
-  std::sort(shards.begin(), shards.end());
-  if (shards.empty()) fail_input("{}: no .safetensors files found", dir.string());
+// Without an index: every visible .safetensors file of the folder, in name order.
+Shards open_unindexed(const CheckpointStore& store) {
+  const auto names = store.list();
+  if (!names) fail_input("{}: no {}; a folder that cannot be listed needs its index", store.root().string(), kIndexName);
   Shards files;
-  for (const auto& s : shards) files.push_back(std::make_unique<SafetensorsFile>(s));
+  for (const auto& n : *names)
+    if (fs::path(n).extension() == ".safetensors" && n[0] != '.')
+      files.push_back(std::make_unique<SafetensorsFile>(store.open(n)));
+  if (files.empty()) fail_input("{}: no .safetensors files found", store.root().string());
   return files;
 }
 
 // config.json when there is one: a JSON object, nested no deeper than writing it back allows.
-std::optional<nlohmann::ordered_json> read_config(const fs::path& config) {
-  if (!fs::exists(config)) return std::nullopt;
+std::optional<nlohmann::ordered_json> parse_config(const std::string& text, const fs::path& config) {
   std::optional<nlohmann::ordered_json> c;
   try {
     // Writing config.json back recurses once per level, so absurd nesting is refused here.
     constexpr int kMaxConfigDepth = 64;
     c = nlohmann::ordered_json::parse(
-        read_text(config), [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
+        text, [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
           if (depth > kMaxConfigDepth)
             fail_input("{}: nested deeper than {} levels", config.string(), kMaxConfigDepth);
           return true;
@@ -147,22 +139,31 @@ std::optional<nlohmann::ordered_json> read_config(const fs::path& config) {
   return c;
 }
 
+// The small files a model folder usually holds beside its weights: what is copied from a store
+// that cannot list its folder.
+constexpr const char* kKnownSideFiles[] = {
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+    "chat_template.json", "preprocessor_config.json", "processor_config.json"};
+
 }  // namespace
 
 Checkpoint Checkpoint::open(const fs::path& path) {
-  Checkpoint c;
   std::error_code ec;
-  if (fs::is_regular_file(path, ec)) {
-    c.single_file_ = true;
-    c.dir_ = path.parent_path().empty() ? fs::path(".") : path.parent_path();
-    c.files_.push_back(std::make_unique<SafetensorsFile>(path));
-  } else if (fs::is_directory(path, ec)) {
-    c.dir_ = path;
-    const fs::path index = path / kIndexName;
-    c.files_ = fs::exists(index) ? open_indexed(path, index) : open_unindexed(path);
-  } else {
-    fail(ErrorKind::Io, "{}: no such file or directory", path.string());
-  }
+  if (fs::is_regular_file(path, ec))
+    return open(local_store(path.parent_path().empty() ? fs::path(".") : path.parent_path()),
+                path.filename().string());
+  if (fs::is_directory(path, ec)) return open(local_store(path));
+  fail(ErrorKind::Io, "{}: no such file or directory", path.string());
+}
+
+Checkpoint Checkpoint::open(std::shared_ptr<const CheckpointStore> store, std::optional<std::string> single_file) {
+  Checkpoint c;
+  c.store_ = std::move(store);
+  const CheckpointStore& st = *c.store_;
+  c.single_file_ = single_file.has_value();
+  if (single_file) c.files_.push_back(std::make_unique<SafetensorsFile>(st.open(*single_file)));
+  else c.files_ = st.kind(kIndexName) != CheckpointStore::Kind::Missing ? open_indexed(st) : open_unindexed(st);
 
   // One name space over all shards: a tensor in two shards is refused, not shadowed.
   for (const auto& f : c.files_) {
@@ -176,7 +177,12 @@ Checkpoint Checkpoint::open(const fs::path& path) {
       c.total_bytes_ += t.nbytes();
     }
   }
-  c.config_ = read_config(c.dir_ / "config.json");
+  if (st.kind("config.json") != CheckpointStore::Kind::Missing) {
+    const std::string text = st.read("config.json");
+    c.config_ = parse_config(text, st.root() / "config.json");
+    c.config_identity_ = st.identity("config.json");
+    c.config_identity_["xxh3"] = fmt::format("{:016x}", XXH3_64bits(text.data(), text.size()));
+  }
   return c;
 }
 
@@ -185,18 +191,23 @@ const TensorRef* Checkpoint::find(std::string_view name) const {
   return it == by_name_.end() ? nullptr : &tensors_[it->second];
 }
 
-std::vector<fs::path> Checkpoint::side_files() const {
-  std::vector<fs::path> out;
+std::vector<std::string> Checkpoint::side_files() const {
+  std::vector<std::string> out;
   if (single_file_) return out;  // a lone file's neighbours are not known to belong to it
-  for (const auto& e : fs::directory_iterator(dir_)) {
-    const auto name = e.path().filename().string();
-    if (!e.is_regular_file() || name.empty() || name[0] == '.' || name == "config.json" ||
-        is_weight_file(e.path()))
-      continue;
-    out.push_back(e.path());
+  const auto names = store_->list();
+  if (!names) {
+    for (const char* n : kKnownSideFiles)
+      if (store_->kind(n) == CheckpointStore::Kind::File) out.push_back(n);
+    std::sort(out.begin(), out.end());
+    return out;
   }
-  std::sort(out.begin(), out.end());
+  for (const auto& name : *names)
+    if (!name.empty() && name[0] != '.' && name != "config.json" && !is_weight_file(name)) out.push_back(name);
   return out;
 }
+
+std::string Checkpoint::read_side_file(const std::string& name) const { return store_->read(name); }
+
+const fs::path& Checkpoint::dir() const { return store_->root(); }
 
 }  // namespace ckpt

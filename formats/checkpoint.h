@@ -1,6 +1,7 @@
 // A checkpoint as a whole: one `.safetensors` file, or a directory of shards with (or without)
-// `model.safetensors.index.json`, plus `config.json` and the other small files beside them.
-// All shards are mapped and their headers validated on open; the index's weight map is
+// `model.safetensors.index.json`, plus `config.json` and the other small files beside them —
+// local, or in any CheckpointStore (formats/checkpoint_store.h). All shards are opened (a local
+// one mapped) and their headers validated on open; the index's weight map is
 // cross-checked against the headers (every entry names a listed shard that holds the tensor,
 // every tensor of every shard is in the map, no name in two shards). No tensor data is read.
 #pragma once
@@ -15,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "formats/checkpoint_store.h"
 #include "formats/safetensors.h"
 
 namespace ckpt {
@@ -28,9 +30,12 @@ struct TensorRef {
 class Checkpoint {
  public:
   static Checkpoint open(const std::filesystem::path& path);
+  // The folder `store` holds, or only its file `single_file`.
+  static Checkpoint open(std::shared_ptr<const CheckpointStore> store,
+                         std::optional<std::string> single_file = std::nullopt);
 
   // The directory that holds the weights (the parent of a single-file input).
-  const std::filesystem::path& dir() const { return dir_; }
+  const std::filesystem::path& dir() const;
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
   // Every tensor, shard by shard in data order.
   const std::vector<TensorRef>& tensors() const { return tensors_; }
@@ -39,19 +44,24 @@ class Checkpoint {
   // files() order (the index's shards by name) wins (SPEC §5).
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
-  // config.json beside the weights, if any (ordered so that it is written back unchanged).
+  // config.json beside the weights, if any (ordered so that it is written back unchanged), and
+  // what identifies its version: the store's identity plus "xxh3" of its text (null without one).
   const std::optional<nlohmann::ordered_json>& config() const { return config_; }
+  const nlohmann::ordered_json& config_identity() const { return config_identity_; }
   uint64_t total_tensor_bytes() const { return total_bytes_; }
-  // Files beside the weights that a conversion copies (tokenizer, generation config, …).
-  std::vector<std::filesystem::path> side_files() const;
+  // The names of the files beside the weights that a conversion copies (tokenizer, generation
+  // config, …), and their bytes.
+  std::vector<std::string> side_files() const;
+  std::string read_side_file(const std::string& name) const;
 
  private:
-  std::filesystem::path dir_;
+  std::shared_ptr<const CheckpointStore> store_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::vector<TensorRef> tensors_;
   std::unordered_map<std::string_view, size_t> by_name_;
   std::map<std::string, std::string> metadata_;
   std::optional<nlohmann::ordered_json> config_;
+  nlohmann::ordered_json config_identity_;
   uint64_t total_bytes_ = 0;
   bool single_file_ = false;
 };

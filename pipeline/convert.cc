@@ -192,7 +192,7 @@ std::pair<std::vector<StagedFile>, std::optional<StagedFile>> stage(const Checkp
                                                                      const fs::path& dir, const Target& t,
                                                                      bool replace) {
   std::vector<StagedFile> staged;
-  for (const auto& f : ck.side_files()) staged.emplace_back(dir / f.filename(), read_file(f));
+  for (const auto& f : ck.side_files()) staged.emplace_back(dir / f, ck.read_side_file(f));
   const auto config = output_config(ck, plan);
   if (config) staged.emplace_back(dir / "config.json", *config);
   const std::vector<ShardLayout> shards = target_shards(plan, t);

@@ -58,16 +58,6 @@ std::string_view quantize_name(QuantizeMode q) {
   return "?";
 }
 
-struct stat stat_of(const fs::path& p) {
-  struct stat st{};
-  if (::stat(p.c_str(), &st) != 0) fail_io_errno(errno, p.string() + ": cannot stat");
-  return st;
-}
-
-uint64_t mtime_ns(const struct stat& st) {
-  return static_cast<uint64_t>(st.st_mtim.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(st.st_mtim.tv_nsec);
-}
-
 std::string read_whole(const fs::path& f) {
   std::ifstream in(f, std::ios::binary);
   if (!in) fail(ErrorKind::Io, "{}: cannot read", f.string());
@@ -118,15 +108,11 @@ nlohmann::ordered_json conversion_identity(const Checkpoint& ck, const PlanOptio
     in["header_xxh3"] = hex(f->header_hash());
     inputs.push_back(std::move(in));
   }
-  // The plan also depends on config.json (family, layer count, expert sizes); it is small.
-  const fs::path config = ck.dir() / "config.json";
+  // The plan also depends on config.json (family, layer count, expert sizes).
   if (ck.config()) {
-    const auto st = stat_of(config);
-    const std::string text = read_whole(config);
-    inputs.push_back({{"file", "config.json"},
-                      {"size", static_cast<uint64_t>(st.st_size)},
-                      {"mtime_ns", mtime_ns(st)},
-                      {"xxh3", hex(XXH3_64bits(text.data(), text.size()))}});
+    nlohmann::ordered_json in = {{"file", "config.json"}};
+    for (const auto& [key, value] : ck.config_identity().items()) in[key] = value;
+    inputs.push_back(std::move(in));
   }
   return {{"parameters", std::move(params)}, {"inputs", std::move(inputs)}};
 }
@@ -173,7 +159,7 @@ std::optional<std::string> identity_difference(const nlohmann::ordered_json& the
     const std::string name = b["file"].get<std::string>();
     if (a["file"] != b["file"])
       return fmt::format("input file {} is now {}", a["file"].get<std::string>(), name);
-    for (const char* key : {"size", "mtime_ns", "header_xxh3", "xxh3"})
+    for (const char* key : {"size", "mtime_ns", "etag", "header_xxh3", "xxh3"})
       if (a.contains(key) != b.contains(key) || (b.contains(key) && a[key] != b[key]))
         return fmt::format("input file {} changed since the interrupted run ({} {} then, {} now)", name, key,
                            a.contains(key) ? shown(a[key]) : "none", b.contains(key) ? shown(b[key]) : "none");
