@@ -49,7 +49,7 @@ asan() {
   asan_env
   # Not here: the installed-package consumer and the Python binding (their own builds, not
   # instrumented) and the GPU kernels (no CUDA in sanitizer builds).
-  (cd build-asan && ctest --output-on-failure -j"$jobs" -E "consumer|python|cuda")
+  (cd build-asan && ctest --output-on-failure -j"$jobs" -E "consumer|python|cuda|remote")
 }
 
 # One fuzzer in the background ($! is its pid); new inputs go to build-asan/fuzz/<name>, never to
