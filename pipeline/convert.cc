@@ -480,7 +480,8 @@ std::vector<ManifestShard> check_split_dir(const fs::path& dir, const Part& part
   replace = wo.overwrite;
   const std::string own = rank_manifest_name(part);
   for (const auto& [path, rec] : read_rank_manifests(dir)) {
-    const auto diff = identity_difference(rec.identity, identity);
+    const auto diff = identity_difference(
+        rec.identity, identity, rec.part ? fmt::format("rank {} of {}'s run", rec.part->rank, rec.part->world) : "");
     const std::string name = path.filename().string();
     if (name == own && !wo.resume && !wo.overwrite)
       fail_usage("--out {}: holds rank {}'s interrupted conversion ({}); finish it with --resume, or start over "
@@ -586,7 +587,7 @@ std::vector<ManifestShard> complete_records(const fs::path& dir, uint32_t world,
     if (!rec || !rec->complete)
       fail_usage("{}: rank {} of {} has not {}; run it (with --resume if it was interrupted), then publish again",
                  dir.string(), r, world, rec ? "completed" : "started");
-    if (const auto diff = identity_difference(rec->identity, identity))
+    if (const auto diff = identity_difference(rec->identity, identity, fmt::format("rank {}'s run", r)))
       fail_input("{}: rank {} of {} converted another input or options: {}", dir.string(), r, world, *diff);
     shards.insert(shards.end(), rec->shards.begin(), rec->shards.end());
   }
@@ -677,14 +678,36 @@ void Conversion::publish_parts(const fs::path& out, uint32_t world, const Publis
   publish(o, *ck_, plan_, targets_);
 }
 
+namespace {
+
+// The record whose conversion `publish` finishes: one of a world whose every rank is complete
+// (rank 0's), else the newest complete one (whose world then names what is missing). A job
+// resumed with another world size leaves the old records beside the new ones.
+std::optional<ManifestRecord> record_to_publish(const fs::path& out) {
+  std::vector<std::pair<fs::file_time_type, ManifestRecord>> done;
+  std::map<uint32_t, uint32_t> complete_ranks;  // world -> complete ranks of it
+  for (auto& [path, rec] : read_rank_manifests(out)) {
+    if (!rec.part || !rec.complete) continue;
+    std::error_code ec;
+    ++complete_ranks[rec.part->world];
+    done.emplace_back(fs::last_write_time(path, ec), std::move(rec));
+  }
+  for (auto& [t, rec] : done)
+    if (rec.part->rank == 0 && complete_ranks[rec.part->world] == rec.part->world) return rec;
+  const auto newest = std::max_element(done.begin(), done.end(),
+                                       [](const auto& a, const auto& b) { return a.first < b.first; });
+  if (newest == done.end()) return std::nullopt;
+  return newest->second;
+}
+
+}  // namespace
+
 uint32_t publish_split(const fs::path& out, const PublishOptions& po) {
-  std::optional<ManifestRecord> any;
-  for (auto& [path, rec] : read_rank_manifests(out))
-    if (rec.part && rec.complete && (!any || rec.part->rank == 0)) any = std::move(rec);
-  if (!any) fail_usage("{}: no rank of a split conversion has completed there; nothing to publish", out.string());
-  const Conversion c = Conversion::plan(any->input, plan_options_of(any->identity["parameters"]));
-  c.publish_parts(out, any->part->world, po);
-  return any->part->world;
+  const auto rec = record_to_publish(out);
+  if (!rec) fail_usage("{}: no rank of a split conversion has completed there; nothing to publish", out.string());
+  const Conversion c = Conversion::plan(rec->input, plan_options_of(rec->identity["parameters"]));
+  c.publish_parts(out, rec->part->world, po);
+  return rec->part->world;
 }
 
 ConvertSummary convert(const ConvertOptions& opt) {

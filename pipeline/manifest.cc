@@ -143,11 +143,12 @@ PlanOptions plan_options_of(const nlohmann::ordered_json& p) {
   return o;
 }
 
-std::optional<std::string> identity_difference(const nlohmann::ordered_json& then, const nlohmann::ordered_json& now) {
+std::optional<std::string> identity_difference(const nlohmann::ordered_json& then, const nlohmann::ordered_json& now,
+                                               std::string_view whose) {
   const auto& tp = then["parameters"];
   for (const auto& [key, value] : now["parameters"].items()) {
     const auto old = tp.contains(key) ? tp[key] : nlohmann::ordered_json(nullptr);
-    if (old != value) return fmt::format("{} was {} in the interrupted run, now {}", key, shown(old), shown(value));
+    if (old != value) return fmt::format("{} was {} in {}, now {}", key, shown(old), whose, shown(value));
   }
   const auto& ti = then["inputs"];
   const auto& ni = now["inputs"];
@@ -161,7 +162,7 @@ std::optional<std::string> identity_difference(const nlohmann::ordered_json& the
       return fmt::format("input file {} is now {}", a["file"].get<std::string>(), name);
     for (const char* key : {"size", "mtime_ns", "etag", "header_xxh3", "xxh3"})
       if (a.contains(key) != b.contains(key) || (b.contains(key) && a[key] != b[key]))
-        return fmt::format("input file {} changed since the interrupted run ({} {} then, {} now)", name, key,
+        return fmt::format("input file {} changed since {} ({} {} then, {} now)", name, whose, key,
                            a.contains(key) ? shown(a[key]) : "none", b.contains(key) ? shown(b[key]) : "none");
   }
   return std::nullopt;

@@ -67,8 +67,10 @@ nlohmann::ordered_json conversion_identity(const Checkpoint& ck, const PlanOptio
 PlanOptions plan_options_of(const nlohmann::ordered_json& parameters);
 
 // The first difference between a recorded identity and the current one, as a phrase naming the
-// option or input file ("--max-shard-size was 1000000, now 2000000"), or nothing when they match.
-std::optional<std::string> identity_difference(const nlohmann::ordered_json& then, const nlohmann::ordered_json& now);
+// option or input file ("--max-shard-size was 1000000 in WHOSE, now 2000000"), or nothing when
+// they match. `whose` names the recorded one: the interrupted run, a sibling rank.
+std::optional<std::string> identity_difference(const nlohmann::ordered_json& then, const nlohmann::ordered_json& now,
+                                               std::string_view whose = "the interrupted run");
 
 // The manifest in `out_dir`, or nothing when there is none. A file that is not a manifest of this
 // version is an InvalidInput error.

@@ -186,3 +186,26 @@ TEST_CASE("split: a rank refuses a directory whose sibling ranks converted somet
   // Published by a record's own options, rank 1 being missing is what stops it.
   CHECK_THROWS_WITH(publish_split(tmp / "out", {}), Catch::Contains("rank 1 of 2 has not started"));
 }
+
+TEST_CASE("split: a job resumed with another world size keeps what the first one finished", "[split]") {
+  test::TempDir tmp;
+  synth(tmp / "in", "minimax_m2", "--layers 2 --experts 4 --hidden 256 --inter 128 --shards 2");
+  PlanOptions po;
+  po.direction = Direction::Native;
+  po.max_shard_size = 200'000;
+  const Conversion c = Conversion::plan(tmp / "in", po);
+  c.write(tmp / "ref", {}, {});
+  WriteOptions wo;
+  wo.part = Part{0, 3};  // the first job: only its rank 0 finished
+  c.write(tmp / "out", wo, {});
+  wo.resume = true;
+  size_t kept = 0;
+  for (uint32_t r = 0; r < 2; ++r) {
+    wo.part = Part{r, 2};
+    kept += c.write(tmp / "out", wo, {}).reused_shards;
+  }
+  const auto first_job = partition_shards(c.plan(), 3);
+  CHECK(kept == static_cast<size_t>(std::count(first_job.begin(), first_job.end(), 0u)));
+  CHECK(publish_split(tmp / "out", {}) == 2);  // the complete world, not the older one
+  CHECK(files_of(tmp / "out") == files_of(tmp / "ref"));
+}
