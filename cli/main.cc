@@ -46,7 +46,22 @@ struct ConvertArgs {
   unsigned threads = 0;
   bool overwrite = false, resume = false, json = false, dry_run = false, wait = false;
   std::string sink = "file", io = "mmap";
+  unsigned remote_concurrency = RemoteOptions{}.concurrency, remote_retries = RemoteOptions{}.retries;
 };
+
+// Credentials and endpoints of remote inputs come from the usual environment variables
+// (formats/remote_client.h); the library never reads them itself.
+RemoteOptions remote_options(unsigned concurrency = RemoteOptions{}.concurrency,
+                             unsigned retries = RemoteOptions{}.retries) {
+  RemoteOptions r;
+#if defined(CKPT_HAVE_CURL)
+  r = remote_options_from_env([](const char* n) { return std::getenv(n); });
+#endif
+  if (concurrency == 0) fail_usage("--remote-concurrency must be at least 1");
+  r.concurrency = concurrency;
+  r.retries = retries;
+  return r;
+}
 
 // The library's options for the command line, refusing option combinations that mean nothing.
 // N of "cuda" (0) or "cuda:N".
@@ -106,6 +121,7 @@ ConvertOptions convert_options(const ConvertArgs& a) {
   o.run.memory_budget = parse_size(a.budget, "--memory-budget");
   o.run.threads = a.threads;
   o.run.io = a.io == "pread" ? IoMode::Pread : IoMode::Mmap;
+  o.remote = remote_options(a.remote_concurrency, a.remote_retries);
   o.write.overwrite = a.overwrite;
   o.write.resume = a.resume;
   o.dry_run = a.dry_run;
@@ -137,6 +153,9 @@ void print_summary(const ConvertArgs& a, const ConvertSummary& s,
                Progress::bytes(static_cast<double>(s.peak_rss_bytes)));
   }
   if (s.reused_shards > 0) fmt::print("resumed: {} shard(s) were complete and kept\n", s.reused_shards);
+  if (s.fetched)
+    fmt::print("fetched {} in {} request(s), {} retried\n", Progress::bytes(static_cast<double>(s.fetched->bytes)),
+               s.fetched->requests, s.fetched->retries);
 }
 
 ConvertSummary convert_with_progress(const ConvertArgs& a, ConvertOptions& o) {
@@ -203,6 +222,7 @@ int run_convert(const ConvertArgs& a) {
   if (launch.kind == Launch::Kind::Ranks) o.write.part = launch.part;
   if (a.wait && !o.write.part) fail_usage("--wait applies to a split conversion (--rank/--world-size, RANK/WORLD_SIZE)");
   o.publish.wait = a.wait;
+  o.publish.remote = o.remote;
   print_summary(a, convert_with_progress(a, o));
   return 0;
 }
@@ -212,7 +232,9 @@ struct PublishArgs {
 };
 
 int run_publish(const PublishArgs& a) {
-  const uint32_t world = publish_split(a.out, {});
+  PublishOptions po;
+  po.remote = remote_options();
+  const uint32_t world = publish_split(a.out, po);
   fmt::print("{}: published the conversion of {} ranks\n", a.out, world);
   return 0;
 }
@@ -234,7 +256,7 @@ struct InspectArgs {
 };
 
 int run_inspect(const InspectArgs& a) {
-  const Checkpoint ck = Checkpoint::open(a.path);
+  const Checkpoint ck = Checkpoint::open_input(a.path, remote_options());
   const InspectReport r = inspect(ck, a.path);
   if (a.json) write_inspect_json(r, std::cout);
   else write_inspect_text(r, std::cout);
@@ -372,18 +394,28 @@ void add_convert_flags(CLI::App* conv, ConvertArgs& a) {
   conv->add_option("--sink", a.sink, "file: write the output; null: convert everything but discard it (benchmarks)")
       ->capture_default_str()
       ->check(CLI::IsMember({"file", "null"}));
+  conv->add_option("--remote-concurrency", a.remote_concurrency,
+                   "Requests in flight at once when --in is a URL (all threads together)")
+      ->capture_default_str();
+  conv->add_option("--remote-retries", a.remote_retries,
+                   "Retries of a failed request (5xx, 429, timeouts, resets, short bodies), with backoff; then exit 4")
+      ->capture_default_str();
   conv->add_option("--rank", a.rank,
                    "This process's rank in a conversion split across --world-size processes (default: from "
                    "RANK/WORLD_SIZE, a Slurm job array, or MPI when started by mpirun/srun)");
   conv->add_option("--world-size", a.world_size,
                    "Processes sharing the conversion: each writes its share of the shards by bytes, and "
-                   "`ckptconv publish --out` (or rank 0 with --wait) publishes; 1 ignores the environment");
+                   "`ckptconv publish OUT` (or rank 0 with --wait) publishes; 1 ignores the environment");
   conv->add_flag("--wait", a.wait, "Rank 0 of a split conversion: wait for every rank, then publish");
 }
 
 CLI::App* add_convert(CLI::App& app, ConvertArgs& a) {
   auto* conv = app.add_subcommand("convert", "Convert a checkpoint (HF -> native, native -> HF, or FP8 -> dequantized HF)");
-  conv->add_option("--in", a.in, "Input checkpoint: a directory of shards or one .safetensors file")->required();
+  conv->add_option("--in", a.in,
+                   "Input checkpoint: a directory of shards or one .safetensors file, local or at an s3:// or "
+                   "http(s):// URL (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, "
+                   "AWS_REGION, AWS_ENDPOINT_URL; HF_TOKEN for HTTP)")
+      ->required();
   conv->add_option("--out", a.out, "Output directory (created; must be empty unless --overwrite)")->required();
   std::vector<std::string> families{"auto"};
   for (const auto& f : family_names()) families.push_back(f);
@@ -426,7 +458,8 @@ CLI::App* add_publish(CLI::App& app, PublishArgs& a) {
 
 CLI::App* add_inspect(CLI::App& app, InspectArgs& a) {
   auto* insp = app.add_subcommand("inspect", "List tensors, dtypes, shapes, sizes and detected FP8 schemes");
-  insp->add_option("PATH", a.path, "Checkpoint directory or .safetensors file")->required();
+  insp->add_option("PATH", a.path, "Checkpoint directory or .safetensors file, local or at an s3:// or http(s):// URL")
+      ->required();
   insp->add_flag("--json", a.json, "Machine-readable output");
   return insp;
 }

@@ -7,6 +7,9 @@
 #include <set>
 
 #include "formats/error.h"
+#if defined(CKPT_HAVE_CURL)
+#include "formats/remote_store.h"
+#endif
 
 namespace ckpt {
 
@@ -155,6 +158,20 @@ Checkpoint Checkpoint::open(const fs::path& path) {
                 path.filename().string());
   if (fs::is_directory(path, ec)) return open(local_store(path));
   fail(ErrorKind::Io, "{}: no such file or directory", path.string());
+}
+
+Checkpoint Checkpoint::open_input(const std::string& input, const RemoteOptions& remote) {
+#if defined(CKPT_HAVE_CURL)
+  if (const auto url = parse_remote_url(input)) {
+    const RemoteCheckpoint r = open_remote(*url, remote);
+    return open(r.store, r.single_file);
+  }
+#else
+  (void)remote;
+  if (input.starts_with("s3://") || input.starts_with("http://") || input.starts_with("https://"))
+    fail_usage("--in {}: this ckptconv reads local files only (built without libcurl)", input);
+#endif
+  return open(fs::path(input));
 }
 
 Checkpoint Checkpoint::open(std::shared_ptr<const CheckpointStore> store, std::optional<std::string> single_file) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "formats/checkpoint_store.h"
+#include "formats/remote_client.h"
 #include "formats/safetensors.h"
 
 namespace ckpt {
@@ -30,12 +31,16 @@ struct TensorRef {
 class Checkpoint {
  public:
   static Checkpoint open(const std::filesystem::path& path);
+  // `input` as a user names it: a local path, or (built with libcurl) an s3:// or http(s):// URL
+  // of a folder or of one .safetensors object (formats/remote_store.h).
+  static Checkpoint open_input(const std::string& input, const RemoteOptions& remote);
   // The folder `store` holds, or only its file `single_file`.
   static Checkpoint open(std::shared_ptr<const CheckpointStore> store,
                          std::optional<std::string> single_file = std::nullopt);
 
   // The directory that holds the weights (the parent of a single-file input).
   const std::filesystem::path& dir() const;
+  const CheckpointStore& store() const { return *store_; }
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
   // Every tensor, shard by shard in data order.
   const std::vector<TensorRef>& tensors() const { return tensors_; }

@@ -33,6 +33,12 @@ class CheckpointStore {
   virtual nlohmann::ordered_json identity(const std::string& name) const = 0;
   // Every regular file's name in the folder, sorted; nothing where the store cannot list (HTTP).
   virtual std::optional<std::vector<std::string>> list() const = 0;
+
+  // What a remote store has fetched so far (nothing for a local one).
+  struct FetchStats {
+    uint64_t requests = 0, bytes = 0, retries = 0;
+  };
+  virtual std::optional<FetchStats> fetch_stats() const { return std::nullopt; }
 };
 
 // A local directory.

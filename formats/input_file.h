@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <vector>
 
 namespace ckpt {
 
@@ -24,6 +25,15 @@ class InputFile {
   // Reads [offset, offset+len) into `dst`. A file that ends early is an InvalidInput error (it
   // changed since it was opened), a failing read an Io error.
   virtual void read(uint64_t offset, uint64_t len, uint8_t* dst) const = 0;
+
+  // Several reads at once: a remote file has them all in flight together.
+  struct Range {
+    uint64_t offset = 0, len = 0;
+    uint8_t* dst = nullptr;
+  };
+  virtual void read_many(const std::vector<Range>& ranges) const {
+    for (const Range& r : ranges) read(r.offset, r.len, r.dst);
+  }
 
   // Hints about the pages of [offset, offset+len) of a mapped file: read ahead, or drop them from
   // this process's mapping. They never fail.

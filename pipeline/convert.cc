@@ -219,7 +219,11 @@ ExecStats run_plan(const Plan& plan, TensorSink& sink, const RunOptions& run, st
   ExecOptions eo;
   eo.threads = run.threads;
   eo.memory_budget = run.memory_budget;
-  eo.io = run.io;
+  // Bytes that are not in memory (a remote input) are read into each item's buffers.
+  const bool in_place = std::all_of(plan.tensors.begin(), plan.tensors.end(), [](const PlannedTensor& t) {
+    return std::all_of(t.pieces.begin(), t.pieces.end(), [](const Piece& p) { return p.input.file->source().data(); });
+  });
+  eo.io = in_place ? run.io : IoMode::Pread;
   eo.on_progress = run.on_progress;
   eo.lanes = run.lanes;
   eo.selected = std::move(selected);
@@ -344,11 +348,11 @@ std::vector<std::unique_ptr<ShardSink>> open_shards(const std::vector<ShardRef>&
 
 }  // namespace
 
-Conversion Conversion::plan(const fs::path& input, const PlanOptions& options) {
+Conversion Conversion::plan(const fs::path& input, const PlanOptions& options, const RemoteOptions& remote) {
   Conversion c;
-  c.input_ = fs::absolute(input);
   c.options_ = options;
-  c.ck_ = std::make_unique<Checkpoint>(Checkpoint::open(input));
+  c.ck_ = std::make_unique<Checkpoint>(Checkpoint::open_input(input.string(), remote));
+  c.input_ = c.ck_->store().fetch_stats() ? input : fs::absolute(input);
   std::vector<Plan> plans;
   if (options.ep_size > 1 && !options.ep_rank) {
     for (uint32_t r = 0; r < options.ep_size; ++r) {
@@ -705,7 +709,7 @@ std::optional<ManifestRecord> record_to_publish(const fs::path& out) {
 uint32_t publish_split(const fs::path& out, const PublishOptions& po) {
   const auto rec = record_to_publish(out);
   if (!rec) fail_usage("{}: no rank of a split conversion has completed there; nothing to publish", out.string());
-  const Conversion c = Conversion::plan(rec->input, plan_options_of(rec->identity["parameters"]));
+  const Conversion c = Conversion::plan(rec->input, plan_options_of(rec->identity["parameters"]), po.remote);
   c.publish_parts(out, rec->part->world, po);
   return rec->part->world;
 }
@@ -716,7 +720,7 @@ ConvertSummary convert(const ConvertOptions& opt) {
     fail_usage("--memory-budget must be at least {} bytes", kMinMemoryBudget);
   if (opt.write.resume && opt.null_sink) fail_usage("--resume needs --sink file: a null sink leaves nothing to resume");
   ConvertSummary sum;
-  const Conversion c = Conversion::plan(opt.in, opt.plan);
+  const Conversion c = Conversion::plan(opt.in, opt.plan, opt.remote);
   sum.plan_s = since(t0);
   if (opt.null_sink) {
     const auto t1 = Clock::now();
@@ -751,6 +755,7 @@ ConvertSummary convert(const ConvertOptions& opt) {
   sum.input_bytes = plan.input_bytes;
   sum.output_bytes = plan.output_bytes;
   sum.shards = plan.shards.size();
+  sum.fetched = c.checkpoint().store().fetch_stats();
   sum.total_s = since(t0);
   sum.peak_rss_bytes = peak_rss_bytes();
   sum.isa = std::string(isa_name(kernels().isa));

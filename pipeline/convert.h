@@ -58,6 +58,7 @@ struct WriteSummary {
 };
 
 struct PublishOptions {
+  RemoteOptions remote;  // for a split conversion of a remote input
   // Wait for ranks still running instead of refusing; a rank whose record is incomplete while no
   // process holds its lock has died, which ends the wait with an error.
   bool wait = false;
@@ -72,7 +73,9 @@ struct Target {
 
 class Conversion {
  public:
-  static Conversion plan(const std::filesystem::path& input, const PlanOptions& options);
+  // `input`: a local path or a URL (Checkpoint::open_input), whose objects `remote` reaches.
+  static Conversion plan(const std::filesystem::path& input, const PlanOptions& options,
+                         const RemoteOptions& remote = {});
 
   const Checkpoint& checkpoint() const { return *ck_; }
   const Plan& plan() const { return plan_; }
@@ -87,7 +90,7 @@ class Conversion {
   void publish_parts(const std::filesystem::path& out, uint32_t world, const PublishOptions& options) const;
 
  private:
-  std::filesystem::path input_;     // absolute: recorded for `publish_split`
+  std::filesystem::path input_;     // absolute (or the URL): recorded for `publish_split`
   std::unique_ptr<Checkpoint> ck_;  // the plan points into its headers
   PlanOptions options_;
   Plan plan_;
@@ -102,6 +105,7 @@ uint32_t publish_split(const std::filesystem::path& out, const PublishOptions& o
 struct ConvertOptions {
   std::filesystem::path in, out;
   PlanOptions plan;
+  RemoteOptions remote;  // a remote --in: concurrency, retries, credentials
   RunOptions run;
   WriteOptions write;
   bool dry_run = false;    // stop after planning: nothing is created or written
@@ -124,6 +128,7 @@ struct ConvertSummary {
   size_t part_shards = 0;
   uint64_t part_bytes = 0;
   double balance = 1;        // max / mean bytes per rank
+  std::optional<CheckpointStore::FetchStats> fetched;  // a remote input's requests and bytes
   bool published = true;     // false for a rank that left publishing to another process
   double plan_s = 0, execute_s = 0, total_s = 0;
   uint64_t peak_rss_bytes = 0;

@@ -19,8 +19,10 @@ ItemInputs::Region ItemInputs::read(const InputFile& f, uint64_t tensor_offset, 
     f.read(tensor_offset + (r0 * in_cols + c0) * es, bytes, dst);
   } else {
     r.stride = width * es;
+    std::vector<InputFile::Range> rows;
     for (uint64_t row = r0; row < r1; ++row, dst += r.stride)
-      f.read(tensor_offset + (row * in_cols + c0) * es, r.stride, dst);
+      rows.push_back({tensor_offset + (row * in_cols + c0) * es, r.stride, dst});
+    f.read_many(rows);
   }
   used_ += bytes;
   bytes_read_ += bytes;

@@ -15,6 +15,8 @@ nlohmann::ordered_json summary_json(const ConvertSummary& s, const SummaryLabels
           {"io", l.io}, {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers},
           {"buffers_allocated", s.exec.buffers_allocated}, {"isa", s.isa},
           {"stage_seconds", {{"read", s.exec.read_s}, {"dequantize", s.exec.transform_s}, {"write", s.exec.write_s}}}};
+  if (s.fetched)
+    j["remote"] = {{"requests", s.fetched->requests}, {"bytes_fetched", s.fetched->bytes}, {"retries", s.fetched->retries}};
   if (s.part)
     j["part"] = {{"rank", s.part->rank}, {"world_size", s.part->world}, {"shards", s.part_shards},
                  {"bytes", s.part_bytes}, {"balance_max_over_mean", s.balance}, {"published", s.published}};
