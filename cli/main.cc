@@ -299,7 +299,7 @@ int run_synth(const SynthArgs& a) {
 
 struct BenchArgs {
   std::string in, family = "minimax_m2", sizes = "2GB", threads = "1,2", to = "native", io = "mmap", sink = "file",
-              budget = "1GiB", max_shard_size, work, report, plot;
+              budget = "1GiB", max_shard_size, work, report, plot, device = "auto";
   unsigned runs = 5;
   bool json = false, no_floor = false;
 };
@@ -340,7 +340,8 @@ BenchOptions bench_options(const BenchArgs& a) {
   });
   o.runs = a.runs;
   o.floor = !a.no_floor;
-  o.convert_args = {"--to", a.to, "--io", a.io, "--sink", a.sink, "--memory-budget", a.budget};
+  check_device(a.device);
+  o.convert_args = {"--to", a.to, "--io", a.io, "--sink", a.sink, "--memory-budget", a.budget, "--device", a.device};
   if (!a.in.empty()) o.convert_args.insert(o.convert_args.end(), {"--family", a.family});
   if (!a.max_shard_size.empty()) o.convert_args.insert(o.convert_args.end(), {"--max-shard-size", a.max_shard_size});
   o.work = a.work.empty() ? (std::filesystem::is_directory("/dev/shm") ? std::filesystem::path("/dev/shm")
@@ -509,6 +510,11 @@ CLI::App* add_bench(CLI::App& app, BenchArgs& a) {
   bench->add_option("--max-shard-size", a.max_shard_size,
                     "Output shard size of the conversions (default: convert's). Concurrent writes into one file "
                     "queue on its lock; real checkpoints have many shards");
+  bench->add_option("--device", a.device, "Where the conversions transform: auto, cpu, or cuda[:N] (as convert)")
+      ->capture_default_str()
+      ->check([](const std::string& v) {
+        return v == "auto" || v == "cpu" || device_index(v) ? std::string() : "not one of auto, cpu, cuda[:N]";
+      });
   bench->add_option("--work", a.work, "Scratch directory for inputs, outputs and copies (default: /dev/shm)");
   bench->add_option("--report", a.report, "Also write a markdown report to this file");
   bench->add_option("--plot", a.plot, "Write PREFIX-threads.png and PREFIX-size.png with gnuplot");

@@ -134,6 +134,7 @@ struct ConvertSummary {
   uint64_t peak_rss_bytes = 0;
   ExecStats exec;
   std::string isa;
+  std::string device = "cpu";  // where the transform ran: the CPU path is the only one so far
 };
 
 inline constexpr uint64_t kMinMemoryBudget = 4ull << 20;

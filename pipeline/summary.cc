@@ -13,7 +13,7 @@ nlohmann::ordered_json summary_json(const ConvertSummary& s, const SummaryLabels
           {"plan_seconds", s.plan_s}, {"execute_seconds", s.execute_s}, {"total_seconds", s.total_s},
           {"output_gb_per_s", gbps}, {"peak_rss_bytes", s.peak_rss_bytes}, {"threads", s.exec.threads},
           {"io", l.io}, {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers},
-          {"buffers_allocated", s.exec.buffers_allocated}, {"isa", s.isa},
+          {"buffers_allocated", s.exec.buffers_allocated}, {"isa", s.isa}, {"device", s.device},
           {"stage_seconds", {{"read", s.exec.read_s}, {"dequantize", s.exec.transform_s}, {"write", s.exec.write_s}}}};
   if (s.fetched)
     j["remote"] = {{"requests", s.fetched->requests}, {"bytes_fetched", s.fetched->bytes}, {"retries", s.fetched->retries}};

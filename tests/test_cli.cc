@@ -837,6 +837,9 @@ TEST_CASE("cli: convert --json and inspect report the checkpoint", "[cli]") {
   CHECK(j.at("output_bytes").get<uint64_t>() == 4 * (130 * 200 + 129 * 130 + 3 * 70 + 4 * 33 + 16 * 24 + 8 * 40) + 400 + 128);
   CHECK(j.at("peak_rss_bytes").get<uint64_t>() > 0);
   CHECK(j.at("shards").get<uint64_t>() == 1);
+  CHECK(j.at("device") == "cpu");  // --device auto: the CPU path, the only one conversions run on yet
+  CHECK_FALSE(j.contains("remote"));  // a local input fetches nothing
+  CHECK_FALSE(j.contains("part"));
 
   // The plain summary is one line on stdout with the counts.
   const RunResult plain = cli("convert --in " + q(in) + " --out " + q(tmp / "out2"));
