@@ -17,22 +17,45 @@ namespace ckpt {
 
 namespace {
 
-// dst[0..n) = input (row, col .. col+n) converted to `out`: dequantized under the piece's scale
-// grid, or cast.
-void convert_run(const Piece& p, size_t i, uint64_t row, uint64_t col, uint64_t n, DType out, void* dst,
-                 std::vector<float>& scales, const ItemInputs& in) {
-  const uint8_t* src = in.input(p, i, row, col);
+OutType out_type(DType t) {
+  return t == DType::BF16 ? OutType::BF16 : t == DType::F16 ? OutType::F16 : OutType::F32;
+}
+
+// dst row k of n (rows `ds` elements apart) = input (row0 + k, col .. col + w) converted to `out`:
+// dequantized under the piece's scale grid, rows that share a grid row in one kernel call, or cast.
+void convert_rows(const Piece& p, size_t i, uint64_t row0, uint64_t n, uint64_t col, uint64_t w, DType out,
+                  uint8_t* dst, uint64_t ds, std::vector<float>& scales, const ItemInputs& in) {
+  const uint64_t es = dtype_size(out);
   if (!p.scale.info) {
-    cast_run(src, p.input.info->dtype, n, dst, out);
+    for (uint64_t k = 0; k < n; ++k)
+      cast_run(in.input(p, i, row0 + k, col), p.input.info->dtype, w, dst + k * ds * es, out);
     return;
   }
   const DequantScheme& d = p.scheme;
-  const uint8_t* grid_row = in.scale_row(p, i, row / d.block_rows);
-  const uint64_t g0 = col / d.block_cols, g1 = (col + n - 1) / d.block_cols + 1;
+  const uint64_t g0 = col / d.block_cols, g1 = (col + w - 1) / d.block_cols + 1;
   scales.resize(g1 - g0);
-  for (uint64_t g = g0; g < g1; ++g) scales[g - g0] = scale_value(d.scale_dtype, grid_row, g);
-  const OutType o = out == DType::BF16 ? OutType::BF16 : out == DType::F16 ? OutType::F16 : OutType::F32;
-  kernels().get(p.format, o)(src, n, scales.data(), d.block_cols, col % d.block_cols, dst);
+  for (uint64_t r = row0; r < row0 + n;) {
+    const uint64_t grid_row = r / d.block_rows, r1 = std::min(row0 + n, (grid_row + 1) * d.block_rows);
+    const uint8_t* grid = in.scale_row(p, i, grid_row);
+    for (uint64_t g = g0; g < g1; ++g) scales[g - g0] = scale_value(d.scale_dtype, grid, g);
+    const uint8_t* src = in.input(p, i, r, col);
+    const uint64_t ss = r1 - r > 1 ? static_cast<uint64_t>(in.input(p, i, r + 1, col) - src) : 0;  // mapped or staged
+    kernels().get_rows(p.format, out_type(out))(src, ss, r1 - r, w, scales.data(), d.block_cols, col % d.block_cols,
+                                                dst + (r - row0) * ds * es, ds);
+    r = r1;
+  }
+}
+
+// Asks for the input lines of rows [row0, row0 + n) × columns [col, col + w) ahead of their use:
+// a tile of the group node reads 32 short runs a row apart, which the hardware prefetchers miss.
+void prefetch_rows(const Piece& p, size_t i, uint64_t row0, uint64_t n, uint64_t col, uint64_t w,
+                   const ItemInputs& in) {
+  const uint64_t bytes = w * dtype_size(p.input.info->dtype);
+  for (uint64_t k = 0; k < n; ++k) {
+    const uint8_t* at = in.input(p, i, row0 + k, col);
+    for (uint64_t b = 0; b < bytes; b += 64) __builtin_prefetch(at + b);
+    __builtin_prefetch(at + bytes - 1);
+  }
 }
 
 // Block (128x128) amax of rows [0, n) × columns [c0, c1) of a row-major float matrix.
@@ -99,25 +122,30 @@ void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, ui
         const uint64_t row_end = r == (last - 1) / len ? (last - 1) % len + 1 : len;
         const uint64_t c_hi = std::min(p.out_col0 + p.out_cols(), row_end);
         if (c_lo >= c_hi) continue;
-        convert_run(p, i, r_in, p.in_col0 + (c_lo - p.out_col0), c_hi - c_lo, as, out + (r * len + c_lo - first) * es,
-                    s.scales, in);
+        convert_rows(p, i, r_in, 1, p.in_col0 + (c_lo - p.out_col0), c_hi - c_lo, as,
+                     out + (r * len + c_lo - first) * es, 0, s.scales, in);
       }
       continue;
     }
-    // Transposed: the rectangle's columns are the item's output rows; walk its input rows in
-    // tiles, convert each tile's band of columns, then transpose it into place.
-    // Tile rows are padded by a cache line: model widths are powers of two, and rows a power of
-    // two apart fall into one L1 set, so the transpose's 32 row streams would evict each other.
-    constexpr uint64_t kTile = 32;
-    const uint64_t w = rect.col1 - rect.col0, stride = w + 64 / es;
+    // Transposed: the rectangle's columns are the item's output rows. It is walked in tiles of
+    // 32 input rows × 256 columns, which stay in L1: each tile is converted (its rows share their
+    // scales) and transposed into place, so each input line is read once and each output line
+    // written in one visit. Tile rows are padded by a cache line: rows a power of two apart fall
+    // into one L1 set. (Tiles of 128 and 512 columns measured slower, RESULTS.md.)
+    constexpr uint64_t kTileRows = 32, kTileCols = 256;
+    const uint64_t stride = kTileCols + 64 / es;
     const uint64_t r_lo = p.out_row0 + (rect.col0 - p.in_col0);
-    s.tile.resize(kTile * stride * es);
-    for (uint64_t i0 = rect.row0; i0 < rect.row1; i0 += kTile) {
-      const uint64_t n = std::min(kTile, rect.row1 - i0);
-      for (uint64_t k = 0; k < n; ++k)
-        convert_run(p, i, i0 + k, rect.col0, w, as, s.tile.data() + k * stride * es, s.scales, in);
-      transpose_tile(s.tile.data(), n, w, stride, out + (r_lo * len + p.out_col0 + (i0 - p.in_row0) - first) * es, len,
-                     es);
+    s.tile.resize(kTileRows * stride * es);
+    for (uint64_t i0 = rect.row0; i0 < rect.row1; i0 += kTileRows) {
+      const uint64_t n = std::min(kTileRows, rect.row1 - i0);
+      for (uint64_t c0 = rect.col0; c0 < rect.col1;) {
+        const uint64_t c1 = std::min(rect.col1, (c0 / kTileCols + 1) * kTileCols);  // whole scale blocks
+        if (c1 < rect.col1) prefetch_rows(p, i, i0, n, c1, std::min(kTileCols, rect.col1 - c1), in);  // the next tile
+        convert_rows(p, i, i0, n, c0, c1 - c0, as, s.tile.data(), stride, s.scales, in);
+        transpose_tile(s.tile.data(), n, c1 - c0, stride,
+                       out + ((r_lo + c0 - rect.col0) * len + p.out_col0 + (i0 - p.in_row0) - first) * es, len, es);
+        c0 = c1;
+      }
     }
   }
 }

@@ -1,6 +1,6 @@
 // The transform stage of the executor: an item's output bytes computed from the pieces of its
 // tensor. Untransposed pieces convert runs of input rows (dequantized under their scale grid, or
-// cast); transposed pieces convert 32-row tiles of the input band and transpose them into place
+// cast); transposed pieces convert 32×256 tiles of the input and transpose them into place
 // (the group node: experts into their slots, or back out of them); FP8 export derives codes and
 // scales from the same float32 values. All scratch memory is the caller's, reused across items.
 #pragma once

@@ -176,3 +176,65 @@ TEST_CASE("16-bit kernels: threads keep their own tables", "[kernels][tables]") 
     CHECK(errors[t] == 0);
   }
 }
+
+namespace {
+
+// Runs the rows kernel: `rows` rows `ss` (source) and `ds` (destination) elements apart under one
+// row of scales. Returns the elements that differ from the scalar definition, and the padding
+// elements between destination rows that were touched.
+template <typename T>
+size_t rows_errors(const KernelTable& k, Fp8 f, OutType o, const std::vector<uint8_t>& src, size_t ss, size_t rows,
+                   size_t n, const std::vector<float>& scales, size_t block, size_t phase, size_t ds) {
+  const T pad = static_cast<T>(0xABCD);
+  std::vector<T> got(rows * ds, pad);
+  k.get_rows(f, o)(src.data(), ss, rows, n, scales.data(), block, phase, got.data(), ds);
+  size_t bad = 0;
+  for (size_t r = 0; r < rows; ++r)
+    for (size_t j = 0; j < ds; ++j) {
+      const T g = got[r * ds + j];
+      if (j >= n) {
+        bad += g != pad;
+        continue;
+      }
+      const uint8_t code = src[r * ss + j];
+      const float s = scales[(phase + j) / block];
+      if constexpr (sizeof(T) == 2) {
+        bad += !matches(g, code, s, f, o);
+      } else {
+        const float want = fp8_to_float(code, f) * s;
+        bad += float_to_bits(g) != float_to_bits(want) && !(std::isnan(g) && std::isnan(want));
+      }
+    }
+  return bad;
+}
+
+}  // namespace
+
+// The rows kernels (the group node's tiles) against the scalar definition for every output type,
+// on ragged widths, phases and blocks, block-size overrides among them. Rows long enough build
+// their tables at once (eagerly), short ones on the second call; padding stays untouched.
+TEST_CASE("rows kernels: rows sharing scales, every output type, ragged shapes", "[kernels][tables][rows]") {
+  std::mt19937 rng(29);
+  std::vector<float> pool;
+  for (int i = 0; i < 5; ++i) pool.push_back(std::ldexp(1.0f + static_cast<float>(rng() % 100) / 100.0f, -8 - i));
+  for (const KernelTable* k : all_kernels())
+    for (Fp8 f : kFormats)
+      for (OutType o : {OutType::BF16, OutType::F16, OutType::F32})
+        for (size_t block : {size_t{32}, size_t{100}, size_t{128}})
+          for (size_t rows : {size_t{1}, size_t{3}, size_t{32}})
+            for (size_t n : {size_t{1}, size_t{17}, size_t{64}, size_t{100}, size_t{128}, size_t{129}, size_t{300}}) {
+              const size_t phase = rng() % block, ss = n + rng() % 5, ds = n + 3;
+              std::vector<uint8_t> src(rows * ss);
+              for (auto& b : src) b = static_cast<uint8_t>(rng());
+              std::vector<float> scales((phase + n) / block + 1);
+              for (auto& x : scales) x = pool[rng() % pool.size()];
+              for (int call = 0; call < 2; ++call) {
+                INFO("isa " << isa_name(k->isa) << " out " << int(o) << " block " << block << " rows " << rows << " n "
+                            << n << " phase " << phase << " call " << call);
+                const size_t bad = o == OutType::F32
+                                       ? rows_errors<float>(*k, f, o, src, ss, rows, n, scales, block, phase, ds)
+                                       : rows_errors<uint16_t>(*k, f, o, src, ss, rows, n, scales, block, phase, ds);
+                REQUIRE(bad == 0);
+              }
+            }
+}

@@ -8,6 +8,7 @@
 
 #include "transforms/kernels_impl.h"
 #include "transforms/quantize.h"
+#include "transforms/transpose.h"
 
 namespace ckpt {
 
@@ -74,16 +75,23 @@ void quantize_scalar(const float* x, size_t n, float scale, uint8_t* codes) {
   for (size_t j = 0; j < n; ++j) codes[j] = float_to_e4m3_saturate(x[j] / scale);
 }
 
+template <Fp8 F>
+struct Rows {
+  static constexpr DequantRowsFn bf16 = detail::dequant_rows<ScalarSpan<F, ToBf16>, uint16_t>;
+  static constexpr DequantRowsFn f16 = detail::dequant_rows_tables<ScalarSpan<F, ToF16>, ScalarLookup>;
+  static constexpr DequantRowsFn f32 = detail::dequant_rows<ScalarSpan<F, ToF32>, float>;
+};
+using E4 = Rows<Fp8::E4M3>;
+using E5 = Rows<Fp8::E5M2>;
+
 const KernelTable kScalar{
     Isa::Scalar,
-    {{detail::dequant_row<ScalarSpan<Fp8::E4M3, ToBf16>, uint16_t>,
-      detail::dequant_row_tables<ScalarSpan<Fp8::E4M3, ToF16>, ScalarLookup>,
-      detail::dequant_row<ScalarSpan<Fp8::E4M3, ToF32>, float>},
-     {detail::dequant_row<ScalarSpan<Fp8::E5M2, ToBf16>, uint16_t>,
-      detail::dequant_row_tables<ScalarSpan<Fp8::E5M2, ToF16>, ScalarLookup>,
-      detail::dequant_row<ScalarSpan<Fp8::E5M2, ToF32>, float>}},
+    {{detail::one_row<E4::bf16>, detail::one_row<E4::f16>, detail::one_row<E4::f32>},
+     {detail::one_row<E5::bf16>, detail::one_row<E5::f16>, detail::one_row<E5::f32>}},
+    {{E4::bf16, E4::f16, E4::f32}, {E5::bf16, E5::f16, E5::f32}},
     quantize_scalar,
-    abs_max_scalar};
+    abs_max_scalar,
+    transpose16_sse2};
 
 // clang 14's __builtin_cpu_supports does not know "f16c", so CPUID leaf 1 is asked directly.
 bool cpu_has_f16c() {

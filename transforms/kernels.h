@@ -7,6 +7,8 @@
 // ragged edges. Every ISA variant produces the same bits as the scalar one (tested over all 256
 // codes); `kernels()` is the widest the CPU supports unless `use_isa` chose another (the command
 // line does so for the environment variable CKPT_ISA = scalar | avx2 | avx512).
+// The 16-bit tile transpose of the group node is dispatched the same way (AVX-512: whole
+// destination lines per store).
 // The FP8 export primitives (quantize, abs_max) are bit-identical to their scalar rules in
 // transforms/quantize.h on every ISA.
 // BF16 and F16 outputs (F16 only on scalar) are looked up, not computed, once a thread has met a
@@ -31,18 +33,32 @@ std::string_view isa_name(Isa isa);
 
 using DequantRowFn = void (*)(const uint8_t* src, size_t n, const float* scales, size_t block,
                               size_t phase, void* dst);
+// The same primitive over `rows` rows that share their scales (rows of one block band): row r
+// reads src + r * src_stride and writes dst + r * dst_stride (strides in elements). A thread's
+// table for a scale is looked up once per scale block for all the rows.
+using DequantRowsFn = void (*)(const uint8_t* src, size_t src_stride, size_t rows, size_t n, const float* scales,
+                               size_t block, size_t phase, void* dst, size_t dst_stride);
 // FP8 export (transforms/quantize.h has the rules): codes[j] = float_to_e4m3_saturate(x[j] / scale),
 // and the max |x[j]| over the finite x[j], from `init`.
 using QuantizeFn = void (*)(const float* x, size_t n, float scale, uint8_t* codes);
 using AbsMaxFn = float (*)(const float* x, size_t n, float init);
+// dst(c, r) = src(r, c) for a [rows × cols] tile of 16-bit elements, strides in elements
+// (transforms/transpose.h).
+using Transpose16Fn = void (*)(const uint16_t* src, size_t rows, size_t cols, size_t src_stride, uint16_t* dst,
+                               size_t dst_stride);
 
 struct KernelTable {
   Isa isa;
   DequantRowFn dequant[2][3];  // [Fp8][OutType]
+  DequantRowsFn dequant_rows[2][3];
   QuantizeFn quantize;
   AbsMaxFn abs_max;
+  Transpose16Fn transpose16;
   DequantRowFn get(Fp8 f, OutType o) const {
     return dequant[static_cast<int>(f)][static_cast<int>(o)];
+  }
+  DequantRowsFn get_rows(Fp8 f, OutType o) const {
+    return dequant_rows[static_cast<int>(f)][static_cast<int>(o)];
   }
 };
 

@@ -19,6 +19,7 @@
 #include "transforms/kernels.h"
 #include "transforms/kernels_impl.h"
 #include "transforms/quantize.h"
+#include "transforms/transpose.h"
 
 namespace ckpt::detail {
 
@@ -247,14 +248,22 @@ float abs_max(const float* x, size_t n, float init) {
   return abs_max_scalar(x + i, n - i, __builtin_bit_cast(float, best));
 }
 
+template <Fp8 F>
+struct Rows {
+  static constexpr DequantRowsFn bf16 = dequant_rows_tables<Span<F, ToBf16>, Lookup<F, 7, 1>>;
+  static constexpr DequantRowsFn f16 = dequant_rows_tables<Span<F, ToF16>, Lookup<F, 10, 4>>;
+  static constexpr DequantRowsFn f32 = dequant_rows<Span<F, ToF32>, float>;
+};
+using E4 = Rows<Fp8::E4M3>;
+using E5 = Rows<Fp8::E5M2>;
+
 const KernelTable kTable{
     Isa::Avx2,
-    {{dequant_row_tables<Span<Fp8::E4M3, ToBf16>, Lookup<Fp8::E4M3, 7, 1>>,
-      dequant_row_tables<Span<Fp8::E4M3, ToF16>, Lookup<Fp8::E4M3, 10, 4>>, dequant_row<Span<Fp8::E4M3, ToF32>, float>},
-     {dequant_row_tables<Span<Fp8::E5M2, ToBf16>, Lookup<Fp8::E5M2, 7, 1>>,
-      dequant_row_tables<Span<Fp8::E5M2, ToF16>, Lookup<Fp8::E5M2, 10, 4>>, dequant_row<Span<Fp8::E5M2, ToF32>, float>}},
+    {{one_row<E4::bf16>, one_row<E4::f16>, one_row<E4::f32>}, {one_row<E5::bf16>, one_row<E5::f16>, one_row<E5::f32>}},
+    {{E4::bf16, E4::f16, E4::f32}, {E5::bf16, E5::f16, E5::f32}},
     quantize,
-    abs_max};
+    abs_max,
+    transpose16_sse2};
 
 }  // namespace
 

@@ -5,10 +5,12 @@
 // sign is or-ed.
 // Table path (16-bit outputs), 32 elements per vector: the outputs of a scale sit in four
 // registers (Lookup). About 10 instructions per 32 outputs against about 20 per 16.
+// 16-bit transpose: 32×8 blocks, one whole destination line per store.
 #include <immintrin.h>
 
 #include "transforms/kernels.h"
 #include "transforms/kernels_impl.h"
+#include "transforms/transpose.h"
 
 namespace ckpt::detail {
 
@@ -196,14 +198,71 @@ float abs_max(const float* x, size_t n, float init) {
   return __builtin_bit_cast(float, _mm512_reduce_max_epu32(m));
 }
 
+// dst(c, r) = src(r, c) for a block of 32 rows × 8 columns of 16-bit elements. Lane L of r[j]
+// holds row 8L + j; the SSE2 kernel's unpack network, which works within 128-bit lanes,
+// transposes the four 8×8 blocks at once and leaves destination row i's 32 elements in order in
+// one register: each destination line is written whole, by one store — a streaming one where
+// lines are aligned (kStream), which skips reading the line first.
+template <bool kStream>
+inline void transpose32x8(const uint16_t* s, size_t ss, uint16_t* d, size_t ds) {
+  const auto row = [&](size_t k) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + k * ss)); };
+  const auto pair = [&](size_t k) { return _mm256_inserti128_si256(_mm256_castsi128_si256(row(k)), row(k + 8), 1); };
+  __m512i r[8];
+  for (size_t j = 0; j < 8; ++j) r[j] = _mm512_inserti64x4(_mm512_castsi256_si512(pair(j)), pair(16 + j), 1);
+  __m512i a[8], b[8];
+  for (int k = 0; k < 4; ++k) {
+    a[2 * k] = _mm512_unpacklo_epi16(r[2 * k], r[2 * k + 1]);
+    a[2 * k + 1] = _mm512_unpackhi_epi16(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 2; ++k)
+    for (int h = 0; h < 2; ++h) {
+      b[4 * k + 2 * h] = _mm512_unpacklo_epi32(a[4 * k + h], a[4 * k + h + 2]);
+      b[4 * k + 2 * h + 1] = _mm512_unpackhi_epi32(a[4 * k + h], a[4 * k + h + 2]);
+    }
+  const auto store = [](uint16_t* at, __m512i v) {
+    if constexpr (kStream) _mm512_stream_si512(reinterpret_cast<__m512i*>(at), v);
+    else _mm512_storeu_si512(at, v);
+  };
+  for (int k = 0; k < 4; ++k) {
+    store(d + (2 * k) * ds, _mm512_unpacklo_epi64(b[k], b[k + 4]));
+    store(d + (2 * k + 1) * ds, _mm512_unpackhi_epi64(b[k], b[k + 4]));
+  }
+}
+
+// 32×8 blocks where they fit, the right and bottom edges through the baseline kernel. The group
+// node's destination is a 16 MiB item buffer, far out of cache: a line read before it is
+// overwritten whole was most of the transpose's time (RESULTS.md), so aligned lines are streamed,
+// and fenced before the buffer is handed to another thread.
+void transpose16(const uint16_t* src, size_t rows, size_t cols, size_t ss, uint16_t* dst, size_t ds) {
+  const size_t rk = rows / 32 * 32, ck = cols / 8 * 8;
+  if ((reinterpret_cast<uintptr_t>(dst) | ds * 2) % 64 == 0) {
+    for (size_t c = 0; c < ck; c += 8)
+      for (size_t r = 0; r < rk; r += 32) transpose32x8<true>(src + r * ss + c, ss, dst + c * ds + r, ds);
+    _mm_sfence();
+  } else {
+    for (size_t c = 0; c < ck; c += 8)
+      for (size_t r = 0; r < rk; r += 32) transpose32x8<false>(src + r * ss + c, ss, dst + c * ds + r, ds);
+  }
+  if (ck < cols) transpose16_sse2(src + ck, rows, cols - ck, ss, dst + ck * ds, ds);
+  if (rk < rows) transpose16_sse2(src + rk * ss, rows - rk, ck, ss, dst + rk, ds);
+}
+
+template <Fp8 F>
+struct Rows {
+  static constexpr DequantRowsFn bf16 = dequant_rows_tables<Span<F, ToBf16>, Lookup>;
+  static constexpr DequantRowsFn f16 = dequant_rows_tables<Span<F, ToF16>, Lookup>;
+  static constexpr DequantRowsFn f32 = dequant_rows<Span<F, ToF32>, float>;
+};
+using E4 = Rows<Fp8::E4M3>;
+using E5 = Rows<Fp8::E5M2>;
+
 const KernelTable kTable{
     Isa::Avx512,
-    {{dequant_row_tables<Span<Fp8::E4M3, ToBf16>, Lookup>, dequant_row_tables<Span<Fp8::E4M3, ToF16>, Lookup>,
-      dequant_row<Span<Fp8::E4M3, ToF32>, float>},
-     {dequant_row_tables<Span<Fp8::E5M2, ToBf16>, Lookup>, dequant_row_tables<Span<Fp8::E5M2, ToF16>, Lookup>,
-      dequant_row<Span<Fp8::E5M2, ToF32>, float>}},
+    {{one_row<E4::bf16>, one_row<E4::f16>, one_row<E4::f32>}, {one_row<E5::bf16>, one_row<E5::f16>, one_row<E5::f32>}},
+    {{E4::bf16, E4::f16, E4::f32}, {E5::bf16, E5::f16, E5::f32}},
     quantize,
-    abs_max};
+    abs_max,
+    transpose16};
 
 }  // namespace
 

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "transforms/kernels.h"
+
 namespace ckpt {
 
 namespace {
@@ -60,11 +62,16 @@ void transpose_blocked(const T* src, size_t rows, size_t cols, size_t ss, T* dst
 
 }  // namespace
 
+void transpose16_sse2(const uint16_t* src, size_t rows, size_t cols, size_t src_stride, uint16_t* dst,
+                      size_t dst_stride) {
+  transpose_blocked<uint16_t, 8, transpose8x8_u16>(src, rows, cols, src_stride, dst, dst_stride);
+}
+
 void transpose_tile(const void* src, size_t rows, size_t cols, size_t src_stride, void* dst,
                     size_t dst_stride, size_t elem) {
   if (elem == 2)
-    transpose_blocked<uint16_t, 8, transpose8x8_u16>(static_cast<const uint16_t*>(src), rows, cols, src_stride,
-                                                     static_cast<uint16_t*>(dst), dst_stride);
+    kernels().transpose16(static_cast<const uint16_t*>(src), rows, cols, src_stride, static_cast<uint16_t*>(dst),
+                          dst_stride);
   else if (elem == 4)
     transpose_blocked<uint32_t, 4, transpose4x4_u32>(static_cast<const uint32_t*>(src), rows, cols, src_stride,
                                                      static_cast<uint32_t*>(dst), dst_stride);
