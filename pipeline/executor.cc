@@ -140,10 +140,25 @@ uint64_t copy_item_elems(DType t, uint64_t chunk_bytes) {
   return std::max<uint64_t>(1, chunk_bytes / elements_bytes(t, group)) * group;
 }
 
+// A tensor of transposed pieces (grouped experts) is cut per segment (an expert's slot): an item
+// of k output rows reads a k-column strip of every input row, so strips as wide as possible —
+// the whole slot where it is at most two chunks, else equal parts of it. Narrow strips cost
+// small reads (per input row: a request each from a remote input) and the rows read twice.
+uint64_t transposed_item_elems(const PlannedTensor& t, uint64_t chunk_bytes) {
+  const uint64_t len = std::max<uint64_t>(1, t.row_len);
+  const uint64_t seg_rows = t.segment_rows ? t.segment_rows : t.rows;
+  const uint64_t row_bytes = len * dtype_size(t.out.dtype);
+  if (seg_rows * row_bytes <= 2 * chunk_bytes) return seg_rows * len;
+  const uint64_t per_chunk = std::max<uint64_t>(1, chunk_bytes / row_bytes);
+  const uint64_t parts = (seg_rows + per_chunk - 1) / per_chunk;
+  return (seg_rows + parts - 1) / parts * len;
+}
+
 // Output elements per item: whole rows where a row fits in a chunk (transposed pieces need whole
 // rows), otherwise slices of a row aligned to the scale blocks.
 uint64_t item_elems(const PlannedTensor& t, uint64_t chunk_bytes) {
   if (t.is_copy()) return copy_item_elems(t.out.dtype, chunk_bytes);
+  if (any_transposed(t) && t.quantize == QuantizeMode::None) return transposed_item_elems(t, chunk_bytes);
   const uint64_t elems = std::max<uint64_t>(1, chunk_bytes / dtype_size(t.out.dtype));
   if (t.quantize != QuantizeMode::None && t.qscheme == ScaleScheme::Block)  // whole 128-row bands
     return std::max<uint64_t>(1, elems / (128 * t.row_len)) * 128 * t.row_len;
@@ -478,6 +493,10 @@ ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& opt) {
   ExecStats stats;
   stats.threads = opt.threads ? opt.threads : static_cast<unsigned>(oneapi::tbb::info::default_concurrency());
   size_pipeline(opt.memory_budget, stats.threads, stats.chunk_bytes, stats.buffers);
+  // Items larger than a chunk (a whole expert slot) hold more each: fewer of them are in flight.
+  uint64_t scales_at = 0;
+  const uint64_t buffer = item_buffer_bytes(plan, stats.chunk_bytes, scales_at);
+  stats.buffers = std::max<uint64_t>(2, std::min(stats.buffers, opt.memory_budget / (2 * buffer)));
   Run run(plan, sink, opt, stats);
   run.start();
   oneapi::tbb::task_arena arena(static_cast<int>(stats.threads));
