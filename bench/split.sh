@@ -42,7 +42,8 @@ ranks() {
   trap 'rm -rf "$work"' RETURN
   $ck synth --family minimax_m2 --layers 4 --experts 36 --hidden 3072 --inter 1536 --shards 4 --seed 5 \
       --out "$work/in" >/dev/null
-  local args=(--in "$work/in" --out "$work/out" --to native)
+  # 1 GB output shards: a partition needs several (one 4.3 GB shard would all go to one rank).
+  local args=(--in "$work/in" --out "$work/out" --to native --max-shard-size 1GB)
   local one=() two=() mpi=()
   now() { date +%s.%N; }
   for _ in $(seq "$runs"); do
