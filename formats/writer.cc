@@ -270,6 +270,17 @@ void ShardWriter::commit() {
   fsync_dir(final_.parent_path());
 }
 
+void ShardWriter::reserve(uint64_t offset, uint64_t len) const {
+  if (len == 0) return;
+  int err = 0;
+  do {
+    err = ::fallocate(fd_, 0, static_cast<off_t>(offset), static_cast<off_t>(len)) == 0 ? 0 : errno;
+  } while (err == EINTR);
+  if (err == 0) return;
+  if (err == EOPNOTSUPP || err == ENOSYS) return;
+  fail_io_errno(err, fmt::format("{}: reserving {} bytes at offset {}", temp_.string(), len, offset));
+}
+
 void ShardWriter::keep() {
   if (::fsync(fd_) != 0) fail_io_errno(errno, fmt::format("{}: fsync", temp_.string()));
   committed_ = true;

@@ -104,6 +104,11 @@ class ShardWriter final : public ShardSink {
   // fsync, then rename to the final name.
   void commit() override;
   void keep() override;
+  // Allocates the file's blocks in [offset, offset+len) while writes go on (fallocate without
+  // glibc's byte-writing fallback, which would race with them): ENOSPC is an Io error naming the
+  // shard; a filesystem without fallocate is left to allocate as it is written.
+  void reserve(uint64_t offset, uint64_t len) const;
+  uint64_t size() const { return size_; }
   const std::filesystem::path& final_path() const { return final_; }
 
  private:

@@ -340,7 +340,7 @@ std::vector<std::unique_ptr<ShardSink>> open_shards(const std::vector<ShardRef>&
       auto done = [&manifest, rel = ref.target->rel](const fs::path& p, uint64_t size, uint64_t checksum) {
         manifest.add({rel, p.filename().string(), size, checksum});
       };
-      writers[i] = std::make_unique<ShardWriter>(ref.dir, *ref.layout, true, std::move(done));
+      writers[i] = std::make_unique<ShardWriter>(ref.dir, *ref.layout, false, std::move(done));
     }, oneapi::tbb::simple_partitioner());
   });
   return writers;
@@ -378,6 +378,44 @@ ExecStats Conversion::execute(TensorSink& sink, const RunOptions& run, std::vect
 }
 
 namespace {
+
+// Allocates the new shards' blocks on a thread of its own while the executor writes them. Reserved
+// before the first write, they held up the whole run: on tmpfs allocating a shard's pages takes
+// about as long as writing them, and a single shard is one thread's work. The free-space check
+// has refused a run that cannot fit; what fills the disk meanwhile fails a write or this. Pieces
+// of 64 MiB, in write order, so that writers never wait long behind one fallocate (it holds the
+// file's lock). `finish` rethrows the first error.
+class BackgroundReservation {
+ public:
+  explicit BackgroundReservation(const std::vector<std::unique_ptr<ShardSink>>& writers) {
+    for (const auto& w : writers)
+      if (const auto* sw = dynamic_cast<const ShardWriter*>(w.get())) shards_.push_back(sw);
+    if (!shards_.empty()) thread_ = std::thread([this] { run(); });
+  }
+  ~BackgroundReservation() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  void finish() {
+    if (thread_.joinable()) thread_.join();
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  static constexpr uint64_t kPiece = 64ull << 20;
+  void run() {
+    try {
+      for (const ShardWriter* w : shards_)
+        for (uint64_t at = 0; at < w->size() && !stop_; at += kPiece) w->reserve(at, std::min(kPiece, w->size() - at));
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  }
+  std::vector<const ShardWriter*> shards_;
+  std::atomic<bool> stop_{false};
+  std::exception_ptr error_;
+  std::thread thread_;
+};
 
 // A checkpoint being written into an output directory: the shard files (new, or kept by a
 // resumed run), the manifest that makes an interruption resumable, the directories created.
@@ -560,7 +598,9 @@ WriteSummary Conversion::write(const fs::path& out, const WriteOptions& wo, cons
   for (size_t i = 0; i < plan_.tensors.size(); ++i) selected[i] = o.found[plan_.tensors[i].shard] == Found::No;
   const auto t1 = Clock::now();
   ShardFileSink sink(plan_, o.writers);
+  BackgroundReservation reservation(o.writers);
   sum.exec = run_plan(plan_, sink, run, std::move(selected));
+  reservation.finish();
   if (wo.part) {
     for (auto& w : o.writers)
       if (w) w->keep();

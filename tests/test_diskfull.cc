@@ -164,12 +164,14 @@ TEST_CASE("diskfull: out of space after the check, at every point of the run", "
                      err);
     if (fitted) break;
     failures.insert(err.find(".ckptconv-manifest.json") != std::string::npos ? "manifest"
-                    : err.find("reserving") != std::string::npos          ? "shard"
+                    : err.find("/.model-") != std::string::npos           ? "shard"
                                                                           : "staged file");
   }
   REQUIRE(fitted);
-  // A shard's reservation failed, and so did at least one file written after the shards were.
-  CHECK(failures.contains("shard"));
+  // The run failed at two or more different files. Which one meets the full disk first at a
+  // given size is a race since shards are reserved while they are written (a shard, the
+  // manifest's rewrite, a staged file); every failure was clean (`fits` checks exit 4, one line,
+  // nothing left). A shard's own write failing is also the file-size-limit case below.
   CHECK(failures.size() >= 2);
 }
 
