@@ -47,12 +47,14 @@ struct ConvertArgs {
   bool overwrite = false, resume = false, json = false, dry_run = false, wait = false;
   std::string sink = "file", io = "mmap";
   unsigned remote_concurrency = RemoteOptions{}.concurrency, remote_retries = RemoteOptions{}.retries;
+  double remote_timeout = RemoteOptions{}.timeout_s;
 };
 
 // Credentials and endpoints of remote inputs come from the usual environment variables
 // (formats/remote_client.h); the library never reads them itself.
 RemoteOptions remote_options(unsigned concurrency = RemoteOptions{}.concurrency,
-                             unsigned retries = RemoteOptions{}.retries) {
+                             unsigned retries = RemoteOptions{}.retries,
+                             double timeout_s = RemoteOptions{}.timeout_s) {
   RemoteOptions r;
 #if defined(CKPT_HAVE_CURL)
   r = remote_options_from_env([](const char* n) { return std::getenv(n); });
@@ -60,6 +62,9 @@ RemoteOptions remote_options(unsigned concurrency = RemoteOptions{}.concurrency,
   if (concurrency == 0) fail_usage("--remote-concurrency must be at least 1");
   r.concurrency = concurrency;
   r.retries = retries;
+  // libcurl counts connect and low-speed (stall) limits in whole seconds.
+  if (!(timeout_s >= 1)) fail_usage("--remote-timeout must be at least 1 second");
+  r.timeout_s = timeout_s;
   return r;
 }
 
@@ -121,7 +126,7 @@ ConvertOptions convert_options(const ConvertArgs& a) {
   o.run.memory_budget = parse_size(a.budget, "--memory-budget");
   o.run.threads = a.threads;
   o.run.io = a.io == "pread" ? IoMode::Pread : IoMode::Mmap;
-  o.remote = remote_options(a.remote_concurrency, a.remote_retries);
+  o.remote = remote_options(a.remote_concurrency, a.remote_retries, a.remote_timeout);
   o.write.overwrite = a.overwrite;
   o.write.resume = a.resume;
   o.dry_run = a.dry_run;
@@ -400,6 +405,10 @@ void add_convert_flags(CLI::App* conv, ConvertArgs& a) {
       ->capture_default_str();
   conv->add_option("--remote-retries", a.remote_retries,
                    "Retries of a failed request (5xx, 429, timeouts, resets, short bodies), with backoff; then exit 4")
+      ->capture_default_str();
+  conv->add_option("--remote-timeout", a.remote_timeout,
+                   "Seconds a request may spend connecting, or receiving nothing, before it fails (and is "
+                   "retried); whole seconds, at least 1")
       ->capture_default_str();
   conv->add_option("--rank", a.rank,
                    "This process's rank in a conversion split across --world-size processes (default: from "

@@ -55,9 +55,11 @@ const actions = {
     res.write(half(body));
     setTimeout(() => req.socket.destroy(), 10);
   }),
+  // Only a 206 is cut: any other answer (a HEAD's above all, whose Content-Length is the object's
+  // size over an empty body) passes unchanged.
   short206: (req, res) => forward(req, (up, body) => {
     const cut = up.statusCode === 206 ? half(body) : body;
-    res.writeHead(up.statusCode, { ...up.headers, 'content-length': String(cut.length) });
+    res.writeHead(up.statusCode, up.statusCode === 206 ? { ...up.headers, 'content-length': String(cut.length) } : up.headers);
     res.end(cut);
   }),
   stall: () => {},
