@@ -6,7 +6,7 @@ ckpt_install_deps() {
               libfmt-dev nlohmann-json3-dev libcli11-dev libbenchmark-dev libxxhash-dev
               clang libclang-rt-dev llvm  # tests/sanitize.sh: clang, its sanitizer runtimes, llvm-symbolizer
               pkg-config python3-dev python3-pybind11 python3-numpy python3-pytest  # the package and binding
-              libcurl4-openssl-dev nginx-light  # s3:// and http(s):// inputs, their loopback tests
+              libcurl4-openssl-dev nginx-light curl  # s3:// and http(s):// inputs, their loopback tests
               libopenmpi-dev openmpi-bin)  # split conversions under mpirun (dist/, tests/split_test.sh)
   local missing=()
   for p in "${pkgs[@]}"; do
