@@ -241,7 +241,7 @@ SafetensorsFile::SafetensorsFile(std::unique_ptr<InputFile> source) : source_(st
     // parse_header names what is wrong with a length that does not fit; read only one that does.
     available = f.size() >= 8 && n <= kMaxHeaderSize && n <= f.size() - 8 ? 8 + n : std::min<uint64_t>(f.size(), 8);
     copy.resize(available);
-    std::memcpy(copy.data(), prefix, std::min<uint64_t>(available, 8));
+    std::copy_n(prefix, std::min<uint64_t>(available, 8), copy.data());  // nothing for an empty file
     if (available > 8) f.read(8, available - 8, copy.data() + 8);
     bytes = copy.data();
   }
