@@ -96,11 +96,21 @@ void must_succeed(const Child& c, const std::string& what) {
        why);
 }
 
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
 uint64_t safetensors_bytes(const fs::path& dir) {
   if (fs::is_regular_file(dir)) return fs::file_size(dir);
   uint64_t n = 0;
   for (const auto& e : fs::recursive_directory_iterator(dir))
     if (e.is_regular_file() && e.path().extension() == ".safetensors") n += e.file_size();
+  return n;
+}
+
+// Every file under `dir`, in bytes: what cp copies.
+uint64_t file_bytes(const fs::path& dir) {
+  uint64_t n = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) n += e.file_size();
   return n;
 }
 
@@ -129,18 +139,58 @@ std::string filesystem_of(const fs::path& p) {
   }
 }
 
-// GB/s of copying buffers far larger than the caches, both touched before the clock starts. They
-// are freed straight after, so that they never count in a conversion's peak RSS.
+// Tells the compiler that `p`'s bytes are used, so that it keeps the stores before: a memset of
+// a buffer the timed memcpy then overwrites would otherwise be dropped, leaving the buffer's first
+// touch on the clock.
+void used(const void* p) { asm volatile("" : : "r"(p) : "memory"); }
+
+constexpr size_t kMemcpyBytes = 512ull << 20;
+constexpr int kMemcpyCopies = 4;
+constexpr size_t kWriteChunk = 16ull << 20;
+
+// GB/s of copying buffers far larger than the caches: both written before the clock starts, each
+// copy timed on its own and the best one counting, so that no page fault is timed. They are
+// freed straight after, so that they never count in a conversion's peak RSS.
 double memcpy_gbps() {
-  constexpr size_t kBytes = 512ull << 20;
-  constexpr int kRepeats = 4;
-  const std::unique_ptr<uint8_t[]> a(new uint8_t[kBytes]), b(new uint8_t[kBytes]);
-  std::memset(a.get(), 1, kBytes);
-  std::memset(b.get(), 2, kBytes);
+  const std::unique_ptr<uint8_t[]> a(new uint8_t[kMemcpyBytes]), b(new uint8_t[kMemcpyBytes]);
+  std::memset(a.get(), 1, kMemcpyBytes);
+  std::memset(b.get(), 2, kMemcpyBytes);
+  used(a.get());
+  used(b.get());
+  double best = 0;
+  for (int i = 0; i < kMemcpyCopies; ++i) {
+    const auto t0 = Clock::now();
+    std::memcpy(i % 2 ? a.get() : b.get(), i % 2 ? b.get() : a.get(), kMemcpyBytes);
+    used(a.get());
+    used(b.get());
+    best = std::max(best, static_cast<double>(kMemcpyBytes) / seconds_since(t0) / 1e9);
+  }
+  return best;
+}
+
+// The write floor, `dd`-style: `bytes` of zeros into a new file `path` in 16 MiB writes, then
+// fsync (as the conversion's writer does each shard); returns the seconds from open to close and
+// removes the file, so that the next writer gets its pages. The buffer is written before the
+// clock starts and freed after, out of the conversions' peak RSS.
+double write_zeros(const fs::path& path, uint64_t bytes) {
+  const std::unique_ptr<char[]> zeros(new char[kWriteChunk]);
+  std::memset(zeros.get(), 0, kWriteChunk);
+  used(zeros.get());
   const auto t0 = Clock::now();
-  for (int i = 0; i < kRepeats; ++i) std::memcpy(i % 2 ? a.get() : b.get(), i % 2 ? b.get() : a.get(), kBytes);
-  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-  return static_cast<double>(kBytes) * kRepeats / s / 1e9;
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail_io_errno(errno, fmt::format("bench: cannot create {}", path.string()));
+  int err = 0;
+  for (uint64_t left = bytes; left > 0 && !err;) {
+    const ssize_t n = ::write(fd, zeros.get(), std::min<uint64_t>(left, kWriteChunk));
+    if (n > 0) left -= static_cast<uint64_t>(n);
+    else if (n == 0 || errno != EINTR) err = n == 0 ? ENOSPC : errno;
+  }
+  if (!err && ::fsync(fd) != 0) err = errno;
+  ::close(fd);
+  const double s = seconds_since(t0);
+  fs::remove(path);
+  if (err) fail_io_errno(err, fmt::format("bench: cannot write {}", path.string()));
+  return s;
 }
 
 BenchRun parse_run(const Child& c, BenchPoint& point) {
@@ -160,6 +210,78 @@ BenchRun parse_run(const Child& c, BenchPoint& point) {
   return r;
 }
 
+void say(const BenchOptions& o, const std::string& line) {
+  if (o.log) o.log(line);
+}
+
+std::vector<std::string> convert_command(const BenchOptions& o, const fs::path& in, const fs::path& out,
+                                         unsigned threads) {
+  std::vector<std::string> args = {o.exe.string(), "convert", "--in", in.string(), "--out", out.string(),
+                                   "--json", "--threads", std::to_string(threads)};
+  args.insert(args.end(), o.convert_args.begin(), o.convert_args.end());
+  return args;
+}
+
+fs::path synthesize(const BenchOptions& o, uint64_t size) {
+  const fs::path in = o.work / "in";
+  fs::remove_all(in);
+  SynthOptions so;
+  so.family = o.family;
+  so.out = in;
+  so.hidden = 4096;  // MiniMax-M2-sized experts: [1536, 4096] FP8 with 128×128 scales
+  so.inter = 1536;
+  so.experts = 16;
+  so.shards = 4;
+  so.target_bytes = size;
+  say(o, fmt::format("synthesizing a {} {} checkpoint in {}", Progress::bytes(static_cast<double>(size)), o.family,
+                     in.string()));
+  synth(so);
+  return in;
+}
+
+// Before round 1, a file of the planned output's size is written and removed, so that the first
+// conversion, like every later writer, gets pages that were just freed rather than pages the
+// hypervisor has not backed yet.
+void warm_up(const BenchOptions& o, const fs::path& in, const fs::path& out) {
+  std::vector<std::string> args = convert_command(o, in, out, o.threads.front());
+  args.push_back("--dry-run");
+  const Child c = spawn(args);
+  must_succeed(c, "convert --dry-run");
+  write_zeros(o.work / "zeros", summary_from_json(c.out).output_bytes);
+}
+
+void convert_once(const BenchOptions& o, const fs::path& in, const fs::path& out, unsigned round, size_t t,
+                  BenchSize& bs) {
+  fs::remove_all(out);  // the previous writer's pages, for this one
+  const Child c = spawn(convert_command(o, in, out, o.threads[t]));
+  must_succeed(c, "convert");
+  BenchPoint& p = bs.points[t];
+  p.runs.push_back(parse_run(c, p));
+  bs.output_bytes = p.output_bytes;
+  const BenchRun& r = p.runs.back();
+  say(o, fmt::format("round {}/{}: convert, {} thread(s): {:.2f} s, {}/s out, peak RSS {}", round, o.runs,
+                     p.threads, r.wall_s, Progress::bytes(static_cast<double>(p.output_bytes) / r.wall_s),
+                     Progress::bytes(static_cast<double>(r.peak_rss))));
+}
+
+// The floors of one round, after its conversions: `out` holds the last one's output. cp writes
+// into the pages of a same-size file removed just before it, as each conversion writes into its
+// predecessor's; the write floor into the output's own, once it is removed.
+void take_floors(const BenchOptions& o, const fs::path& out, unsigned round, BenchSize& bs, BenchResult& res) {
+  const fs::path copy = o.work / "copy", zeros = o.work / "zeros";
+  bs.floor_bytes = file_bytes(out);
+  write_zeros(zeros, bs.floor_bytes);
+  const Child c = spawn({"cp", "-r", out.string(), copy.string()});
+  must_succeed(c, "cp");
+  bs.cp_s.push_back(c.wall_s);
+  fs::remove_all(copy);
+  fs::remove_all(out);
+  bs.floor_s.push_back(write_zeros(zeros, bs.floor_bytes));
+  res.memcpy_gbps.push_back(memcpy_gbps());
+  say(o, fmt::format("round {}/{}: write floor {:.2f} s, cp of the output {:.2f} s, memcpy {:.1f} GB/s", round,
+                     o.runs, bs.floor_s.back(), c.wall_s, res.memcpy_gbps.back()));
+}
+
 template <typename F>
 std::vector<double> each(const std::vector<BenchRun>& runs, F f) {
   std::vector<double> v;
@@ -172,8 +294,12 @@ double gb(uint64_t bytes) { return static_cast<double>(bytes) / 1e9; }
 struct Row {
   const BenchSize* size;
   const BenchPoint* point;
-  double wall, exec, rss, in_gbps, out_gbps, read, transform, write, wait, cp, speedup;
+  double wall, exec, rss, in_gbps, out_gbps, read, transform, write, wait, cp, floor, speedup;
 };
+
+// A floor's median seconds, and conversion time over it ("-" where the floor was not taken).
+std::string seconds_or_dash(double s, const char* unit) { return s > 0 ? fmt::format("{:.2f}{}", s, unit) : "-"; }
+std::string ratio_or_dash(double wall, double floor) { return floor > 0 ? fmt::format("{:.2f}", wall / floor) : "-"; }
 
 // The figures of every (size, threads) point, medians over rounds.
 std::vector<Row> rows(const BenchResult& r) {
@@ -194,7 +320,8 @@ std::vector<Row> rows(const BenchResult& r) {
       row.transform = median(each(p.runs, [](const BenchRun& x) { return x.transform_s; })) / total;
       row.write = median(each(p.runs, [](const BenchRun& x) { return x.write_s; })) / total;
       row.wait = std::max(0.0, 1.0 - row.read - row.transform - row.write);
-      row.cp = s.cp_s.empty() ? 0 : median(s.cp_s);
+      row.cp = median(s.cp_s);
+      row.floor = median(s.floor_s);
       if (p.threads == 1) one_thread = row.wall;
       row.speedup = one_thread > 0 ? one_thread / row.wall : 0;
       out.push_back(row);
@@ -215,9 +342,6 @@ double median(std::vector<double> v) {
 BenchResult run_bench(const BenchOptions& o) {
   if (o.runs == 0) fail_usage("bench: --runs must be at least 1");
   if (o.threads.empty()) fail_usage("bench: --threads needs at least one count");
-  const auto log = [&](const std::string& s) {
-    if (o.log) o.log(s);
-  };
   BenchResult res;
   res.machine = machine();
   res.runs = o.runs;
@@ -229,52 +353,14 @@ BenchResult run_bench(const BenchOptions& o) {
 
   const std::vector<uint64_t> sizes = o.in.empty() ? o.sizes : std::vector<uint64_t>{0};
   for (uint64_t size : sizes) {
-    fs::path in = o.in;
-    if (in.empty()) {
-      in = o.work / "in";
-      fs::remove_all(in);
-      SynthOptions so;
-      so.family = o.family;
-      so.out = in;
-      so.hidden = 4096;  // MiniMax-M2-sized experts: [1536, 4096] FP8 with 128×128 scales
-      so.inter = 1536;
-      so.experts = 16;
-      so.shards = 4;
-      so.target_bytes = size;
-      log(fmt::format("synthesizing a {} {} checkpoint in {}", Progress::bytes(static_cast<double>(size)),
-                      o.family, in.string()));
-      synth(so);
-    }
+    const fs::path in = o.in.empty() ? synthesize(o, size) : o.in, out = o.work / "out";
     BenchSize bs;
     bs.input_bytes = safetensors_bytes(in);
     bs.points.resize(o.threads.size());
-    const fs::path out = o.work / "out", copy = o.work / "copy";
+    warm_up(o, in, out);
     for (unsigned round = 1; round <= o.runs; ++round) {
-      for (size_t t = 0; t < o.threads.size(); ++t) {
-        fs::remove_all(out);
-        std::vector<std::string> args = {o.exe.string(), "convert", "--in", in.string(), "--out", out.string(),
-                                         "--json", "--threads", std::to_string(o.threads[t])};
-        args.insert(args.end(), o.convert_args.begin(), o.convert_args.end());
-        const Child c = spawn(args);
-        must_succeed(c, "convert");
-        BenchPoint& p = bs.points[t];
-        p.runs.push_back(parse_run(c, p));
-        bs.output_bytes = p.output_bytes;
-        const BenchRun& r = p.runs.back();
-        log(fmt::format("round {}/{}: convert, {} thread(s): {:.2f} s, {}/s out, peak RSS {}", round, o.runs,
-                        p.threads, r.wall_s, Progress::bytes(static_cast<double>(p.output_bytes) / r.wall_s),
-                        Progress::bytes(static_cast<double>(r.peak_rss))));
-      }
-      if (!o.floor) continue;
-      // The floor: the same output bytes copied by cp on the same filesystem, then memcpy.
-      fs::remove_all(copy);
-      const Child c = spawn({"cp", "-r", out.string(), copy.string()});
-      must_succeed(c, "cp");
-      bs.cp_s.push_back(c.wall_s);
-      fs::remove_all(copy);
-      res.memcpy_gbps.push_back(memcpy_gbps());
-      log(fmt::format("round {}/{}: cp of the output: {:.2f} s; memcpy {:.1f} GB/s", round, o.runs, c.wall_s,
-                      res.memcpy_gbps.back()));
+      for (size_t t = 0; t < o.threads.size(); ++t) convert_once(o, in, out, round, t, bs);
+      if (o.floor) take_floors(o, out, round, bs, res);
     }
     fs::remove_all(out);
     if (o.in.empty()) fs::remove_all(in);
@@ -283,21 +369,34 @@ BenchResult run_bench(const BenchOptions& o) {
   return res;
 }
 
+std::string bench_floors_note(const BenchResult& r) {
+  return fmt::format(
+      "Floors, in every round after its conversions, each writer starting right after a file of its size was "
+      "removed (pages just freed): floor = zeros of the output's size written to one new file ({} MiB writes from "
+      "a filled buffer, then fsync); cp = `cp -r` of the output.\n"
+      "memcpy: {:.1f} GB/s, two {} MiB buffers filled before timing, the best of {} copies per round, median "
+      "over rounds.",
+      kWriteChunk >> 20, median(r.memcpy_gbps), kMemcpyBytes >> 20, kMemcpyCopies);
+}
+
 std::string bench_table(const BenchResult& r) {
-  std::string s = fmt::format("{:>9} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>5} {:>5} {:>5} {:>5} {:>8} {:>7} {:>7}\n",
-                              "input", "output", "threads", "wall", "in GB/s", "out GB/s", "peak RSS", "read",
-                              "deq", "write", "wait", "cp", "conv/cp", "speedup");
+  std::string s = fmt::format(
+      "{:>9} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>7} {:>10} {:>7}\n", "input",
+      "output", "threads", "wall", "in GB/s", "out GB/s", "peak RSS", "read", "deq", "write", "wait", "cp", "conv/cp",
+      "floor", "conv/floor", "speedup");
   for (const Row& x : rows(r)) {
-    s += fmt::format("{:>9} {:>9} {:>7} {:>8.2f}s {:>9.2f} {:>9.2f} {:>9} {:>4.0f}% {:>4.0f}% {:>4.0f}% {:>4.0f}% {:>7} {:>7} {:>7}\n",
-                     Progress::bytes(static_cast<double>(x.size->input_bytes)),
-                     Progress::bytes(static_cast<double>(x.point->output_bytes)), x.point->threads, x.wall,
-                     x.in_gbps, x.out_gbps, Progress::bytes(x.rss), 100 * x.read, 100 * x.transform,
-                     100 * x.write, 100 * x.wait, x.cp > 0 ? fmt::format("{:.2f}s", x.cp) : "-",
-                     x.cp > 0 ? fmt::format("{:.2f}", x.wall / x.cp) : "-",
-                     x.speedup > 0 ? fmt::format("{:.2f}x", x.speedup) : "-");
+    s += fmt::format(
+        "{:>9} {:>9} {:>7} {:>8.2f}s {:>9.2f} {:>9.2f} {:>9} {:>4.0f}% {:>4.0f}% {:>4.0f}% {:>4.0f}% {:>7} {:>7} {:>7} "
+        "{:>10} {:>7}\n",
+        Progress::bytes(static_cast<double>(x.size->input_bytes)),
+        Progress::bytes(static_cast<double>(x.point->output_bytes)), x.point->threads, x.wall, x.in_gbps, x.out_gbps,
+        Progress::bytes(x.rss), 100 * x.read, 100 * x.transform, 100 * x.write, 100 * x.wait,
+        seconds_or_dash(x.cp, "s"), ratio_or_dash(x.wall, x.cp), seconds_or_dash(x.floor, "s"),
+        ratio_or_dash(x.wall, x.floor), x.speedup > 0 ? fmt::format("{:.2f}x", x.speedup) : "-");
   }
-  if (!r.memcpy_gbps.empty()) s += fmt::format("memcpy (512 MiB buffers): {:.1f} GB/s\n", median(r.memcpy_gbps));
-  s += fmt::format("{} rounds, medians; {}; work on {}\n", r.runs, r.machine, r.filesystem);
+  if (!r.memcpy_gbps.empty()) s += fmt::format("{}\n", bench_floors_note(r));
+  s += fmt::format("{} rounds after a warm-up write of the output's size, medians; {}; work on {}\n", r.runs,
+                   r.machine, r.filesystem);
   return s;
 }
 
@@ -305,30 +404,32 @@ std::string bench_markdown(const BenchResult& r, const std::string& invocation) 
   std::string s = "# ckptconv bench\n\n";
   s += fmt::format("```\n{}\n```\n\n", invocation);
   s += fmt::format("Machine: {}. Work directory on {}. Each conversion: `ckptconv {}` as a child process; "
-                   "{} interleaved rounds, medians. Stage shares are of the executor's thread-time "
-                   "(read = input faults or preads, deq = dequantize/transpose, write = output writes, wait = "
-                   "the rest).\n\n",
+                   "{} interleaved rounds after a warm-up (a file of the output's size written and removed), "
+                   "medians. Stage shares are of the executor's thread-time (read = input faults or preads, deq = "
+                   "dequantize/transpose, write = output writes, wait = the rest).\n\n",
                    r.machine, r.filesystem, r.command, r.runs);
-  s += "| input | output (shards) | threads | wall (s) | in GB/s | out GB/s | peak RSS | read | deq | write | wait | cp (s) | "
-       "conv/cp | speedup vs 1 |\n";
-  s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  s += "| input | output (shards) | threads | wall (s) | in GB/s | out GB/s | peak RSS | read | deq | write | wait | "
+       "cp (s) | conv/cp | write floor (s) | conv/floor | speedup vs 1 |\n";
+  s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const Row& x : rows(r)) {
-    s += fmt::format("| {} | {} ({}) | {} | {:.2f} | {:.2f} | {:.2f} | {} | {:.0f}% | {:.0f}% | {:.0f}% | {:.0f}% | {} | {} | {} |\n",
-                     Progress::bytes(static_cast<double>(x.size->input_bytes)),
-                     Progress::bytes(static_cast<double>(x.point->output_bytes)), x.point->shards, x.point->threads, x.wall,
-                     x.in_gbps, x.out_gbps, Progress::bytes(x.rss), 100 * x.read, 100 * x.transform,
-                     100 * x.write, 100 * x.wait, x.cp > 0 ? fmt::format("{:.2f}", x.cp) : "-",
-                     x.cp > 0 ? fmt::format("{:.2f}", x.wall / x.cp) : "-",
-                     x.speedup > 0 ? fmt::format("{:.2f}x", x.speedup) : "-");
+    s += fmt::format(
+        "| {} | {} ({}) | {} | {:.2f} | {:.2f} | {:.2f} | {} | {:.0f}% | {:.0f}% | {:.0f}% | {:.0f}% | {} | {} | {} | "
+        "{} | {} |\n",
+        Progress::bytes(static_cast<double>(x.size->input_bytes)),
+        Progress::bytes(static_cast<double>(x.point->output_bytes)), x.point->shards, x.point->threads, x.wall,
+        x.in_gbps, x.out_gbps, Progress::bytes(x.rss), 100 * x.read, 100 * x.transform, 100 * x.write, 100 * x.wait,
+        seconds_or_dash(x.cp, ""), ratio_or_dash(x.wall, x.cp), seconds_or_dash(x.floor, ""),
+        ratio_or_dash(x.wall, x.floor), x.speedup > 0 ? fmt::format("{:.2f}x", x.speedup) : "-");
   }
   if (!r.memcpy_gbps.empty())
-    s += fmt::format("\nmemcpy of 512 MiB buffers in the same rounds: {:.1f} GB/s (median).\n", median(r.memcpy_gbps));
+    s += fmt::format("\n{}\n", bench_floors_note(r));
   return s;
 }
 
 nlohmann::ordered_json bench_json(const BenchResult& r) {
   nlohmann::ordered_json j = {{"machine", r.machine}, {"filesystem", r.filesystem}, {"command", r.command},
-                              {"rounds", r.runs}, {"memcpy_gb_per_s", r.memcpy_gbps}};
+                              {"rounds", r.runs}, {"memcpy_gb_per_s", r.memcpy_gbps},
+                              {"floors", r.memcpy_gbps.empty() ? "" : bench_floors_note(r)}};
   j["points"] = nlohmann::ordered_json::array();
   for (const Row& x : rows(r)) {
     nlohmann::ordered_json runs = nlohmann::ordered_json::array();
@@ -344,13 +445,16 @@ nlohmann::ordered_json bench_json(const BenchResult& r) {
                            {"stage_share", {{"read", x.read}, {"dequantize", x.transform}, {"write", x.write}, {"wait", x.wait}}},
                            {"cp_seconds", x.size->cp_s}, {"median_cp_seconds", x.cp},
                            {"convert_over_cp", x.cp > 0 ? x.wall / x.cp : 0.0},
+                           {"floor_bytes", x.size->floor_bytes}, {"floor_seconds", x.size->floor_s},
+                           {"median_floor_seconds", x.floor},
+                           {"convert_over_floor", x.floor > 0 ? x.wall / x.floor : 0.0},
                            {"speedup_over_one_thread", x.speedup}, {"runs", runs}});
   }
   return j;
 }
 
 void bench_plot(const BenchResult& r, const fs::path& prefix) {
-  // Data: one block per thread count (x = input GB), then the cp floor per size.
+  // Data: one block per thread count (x = input GB), then the cp and write floors per size.
   std::string dat, threads_dat;
   std::vector<unsigned> counts;
   for (const auto& s : r.sizes)
@@ -366,6 +470,10 @@ void bench_plot(const BenchResult& r, const fs::path& prefix) {
   dat += "# cp\n";
   for (const auto& s : r.sizes)
     if (!s.cp_s.empty()) dat += fmt::format("{:.3f} {:.4f}\n", gb(s.input_bytes), gb(s.output_bytes) / median(s.cp_s));
+  dat += "\n\n# write floor\n";
+  for (const auto& s : r.sizes)
+    if (!s.floor_s.empty())
+      dat += fmt::format("{:.3f} {:.4f}\n", gb(s.input_bytes), gb(s.output_bytes) / median(s.floor_s));
   dat += "\n\n# by threads: threads, out GB/s, then one column per size\n";
   for (unsigned t : counts) {
     dat += fmt::format("{}", t);
@@ -385,14 +493,15 @@ void bench_plot(const BenchResult& r, const fs::path& prefix) {
   for (size_t i = 0; i < counts.size(); ++i)
     gp += fmt::format("'{}' index {} using 1:2 with linespoints lw 2 title '{} thread(s)', ", dat_path.string(), i,
                       counts[i]);
-  gp += fmt::format("'{}' index {} using 1:2 with linespoints lw 2 dt 2 title 'cp of the output'\n", dat_path.string(),
-                    counts.size());
+  gp += fmt::format("'{0}' index {1} using 1:2 with linespoints lw 2 dt 2 title 'cp of the output', "
+                    "'{0}' index {2} using 1:2 with linespoints lw 2 dt 3 title 'write floor'\n",
+                    dat_path.string(), counts.size(), counts.size() + 1);
   gp += fmt::format("set output '{}-threads.png'\nset title '{}: throughput against threads'\n"
                     "set xlabel 'threads'\nset xtics 1\nplot ",
                     prefix.string(), r.command);
   for (size_t i = 0; i < r.sizes.size(); ++i)
     gp += fmt::format("{}'{}' index {} using 1:{} with linespoints lw 2 title 'input {}'", i ? ", " : "",
-                      dat_path.string(), counts.size() + 1, i + 2,
+                      dat_path.string(), counts.size() + 2, i + 2,
                       Progress::bytes(static_cast<double>(r.sizes[i].input_bytes)));
   gp += "\n";
   std::ofstream(gp_path) << gp;

@@ -4,10 +4,14 @@
 // round runs the conversion once per thread count, each as a child process of the ckptconv
 // binary (`convert --json`), so its wall time is what a user waits for (start-up and planning
 // included) and its peak RSS (from wait4) is its own. In the same round, interleaved so that
-// both see the same machine state, come the floors: a `cp` of the conversion's own output bytes
-// to the same filesystem, and a large memcpy in this process. Figures are medians over rounds;
-// the stage times (read, dequantize/transpose, write, waiting) are thread-seconds from the
-// executor. The result renders as a terminal table, a markdown report, JSON, and gnuplot PNGs.
+// both see the same machine state, come the floors: a `cp` of the conversion's own output to the
+// same filesystem, a `dd`-style write of zeros of the output's size, and a large memcpy in this
+// process. Every timed writer (conversion, cp, write floor) starts right after a file of the
+// same size was removed, so it writes into pages just freed, as the next conversion would: a VM
+// that reports free pages to its hypervisor (virtio-balloon) hands back pages left free a while,
+// and touching them again costs more than the copy. Figures are medians over rounds; the stage times (read, dequantize/transpose, write,
+// waiting) are thread-seconds from the executor. The result renders as a terminal table, a
+// markdown report, JSON, and gnuplot PNGs.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -29,7 +33,7 @@ struct BenchOptions {
   std::vector<unsigned> threads = {0};             // 0: all cores
   std::vector<std::string> convert_args;           // passed on to every `convert`
   unsigned runs = 5;
-  bool floor = true;  // time cp and memcpy too
+  bool floor = true;  // time the write, cp and memcpy floors too
   std::function<void(const std::string&)> log;  // one line per run, as it happens
 };
 
@@ -51,12 +55,14 @@ struct BenchPoint {
 struct BenchSize {
   uint64_t input_bytes = 0, output_bytes = 0;
   std::vector<BenchPoint> points;  // one per thread count
-  std::vector<double> cp_s;        // `cp` of the output bytes, one per round
+  uint64_t floor_bytes = 0;        // the output's files, in bytes: what cp copies and the floor writes
+  std::vector<double> cp_s;        // `cp` of the output, one per round
+  std::vector<double> floor_s;     // writing floor_bytes of zeros (and fsync), one per round
 };
 
 struct BenchResult {
   std::vector<BenchSize> sizes;
-  std::vector<double> memcpy_gbps;  // one per round
+  std::vector<double> memcpy_gbps;  // one per round, the best of a few copies
   std::string machine;              // CPU model and core count
   std::string filesystem;           // type of the work directory's filesystem
   std::string command;              // the convert options, for the report
@@ -68,13 +74,17 @@ BenchResult run_bench(const BenchOptions& options);
 
 double median(std::vector<double> values);
 
+// How the floors were taken, and the memcpy figure: two lines for the reports.
+std::string bench_floors_note(const BenchResult& r);
+
 std::string bench_table(const BenchResult& r);
 std::string bench_markdown(const BenchResult& r, const std::string& invocation);
 nlohmann::ordered_json bench_json(const BenchResult& r);
 
 // Writes `<prefix>-threads.png` (output GB/s against thread count) and `<prefix>-size.png`
-// (output GB/s against input size, each thread count and cp) with gnuplot; the data and script
-// go beside them as `<prefix>.dat` and `<prefix>.gp`. Throws an Io error if gnuplot is missing.
+// (output GB/s against input size: each thread count, cp and the write floor) with gnuplot; the
+// data and script go beside them as `<prefix>.dat` and `<prefix>.gp`. Throws an Io error if
+// gnuplot is missing.
 void bench_plot(const BenchResult& r, const std::filesystem::path& prefix);
 
 }  // namespace ckpt

@@ -35,7 +35,9 @@ TEST_CASE("bench reports the conversions it ran, with their floors", "[bench][cl
   REQUIRE(r.exit_code == 0);
   const auto j = nlohmann::json::parse(r.out);
   CHECK(j["rounds"] == 3);
-  CHECK(j["memcpy_gb_per_s"].size() == 3);
+  REQUIRE(j["memcpy_gb_per_s"].size() == 3);
+  for (const auto& g : j["memcpy_gb_per_s"]) CHECK(g.get<double>() > 0);
+  CHECK(j["floors"].get<std::string>().find("right after a file of its size was removed") != std::string::npos);
   REQUIRE(j["points"].size() == 2);
   for (size_t i = 0; i < 2; ++i) {
     const auto& p = j["points"][i];
@@ -54,6 +56,18 @@ TEST_CASE("bench reports the conversions it ran, with their floors", "[bench][cl
     std::sort(walls.begin(), walls.end());
     CHECK(p["median_wall_seconds"].get<double>() == walls[1]);
     CHECK(p["cp_seconds"].size() == 3);
+    // The write floor: one per round, of the output's files (tensor bytes and headers), and the
+    // ratio recomputed here from the medians the report gives.
+    CHECK(p["floor_bytes"].get<uint64_t>() > p["output_bytes"].get<uint64_t>());
+    REQUIRE(p["floor_seconds"].size() == 3);
+    std::vector<double> floors;
+    for (const auto& f : p["floor_seconds"]) floors.push_back(f.get<double>());
+    CHECK(*std::min_element(floors.begin(), floors.end()) > 0);
+    std::sort(floors.begin(), floors.end());
+    CHECK(p["median_floor_seconds"].get<double>() == floors[1]);
+    CHECK(p["convert_over_floor"].get<double>() == Approx(walls[1] / floors[1]));
+    CHECK(p["convert_over_cp"].get<double>() ==
+          Approx(walls[1] / p["median_cp_seconds"].get<double>()));
     double shares = 0;
     for (const auto& [stage, share] : p["stage_share"].items()) shares += share.get<double>();
     CHECK(shares == Approx(1.0));
@@ -66,10 +80,15 @@ TEST_CASE("bench reports the conversions it ran, with their floors", "[bench][cl
   CHECK(std::count(md.begin(), md.end(), '\n') > 5);
   CHECK(md.find("| 1 |") != std::string::npos);
   CHECK(md.find("| 2 |") != std::string::npos);
+  CHECK(md.find("| conv/floor |") != std::string::npos);
+  CHECK(md.find("after a warm-up") != std::string::npos);
+  CHECK(md.find("Floors, in every round after its conversions") != std::string::npos);
+  CHECK(md.find("memcpy: ") != std::string::npos);
 }
 
-TEST_CASE("bench refuses bad lists", "[bench][cli]") {
+TEST_CASE("bench refuses bad lists, and floors without an output", "[bench][cli]") {
   CHECK(run_cli("bench --threads 1,,2 --no-floor").exit_code == 2);
   CHECK(run_cli("bench --threads two").exit_code == 2);
   CHECK(run_cli("bench --sizes 1XB").exit_code == 2);
+  CHECK(run_cli("bench --sink null").exit_code == 2);
 }
