@@ -32,6 +32,20 @@ auto translated(F&& f) -> decltype(f()) {
   }
 }
 
+ckpt::RemoteOptions remote_options(const Options::Remote& r) {
+  ckpt::RemoteOptions o;
+  o.concurrency = r.concurrency;
+  o.retries = r.retries;
+  o.timeout_s = r.timeout_s;
+  o.aws_access_key_id = r.aws_access_key_id;
+  o.aws_secret_access_key = r.aws_secret_access_key;
+  o.aws_session_token = r.aws_session_token;
+  o.aws_region = r.aws_region;
+  o.aws_endpoint_url = r.aws_endpoint_url;
+  o.bearer_token = r.bearer_token;
+  return o;
+}
+
 ckpt::PlanOptions plan_options(const Options& o) {
   ckpt::PlanOptions p;
   p.direction = static_cast<ckpt::Direction>(o.to);
@@ -129,7 +143,8 @@ Conversion::~Conversion() = default;
 Conversion Conversion::plan(const std::filesystem::path& input, const Options& options) {
   return translated([&] {
     apply(options);
-    auto impl = std::make_unique<Impl>(Impl{ckpt::Conversion::plan(input, plan_options(options)), options, {}, {}});
+    auto conv = ckpt::Conversion::plan(input, plan_options(options), remote_options(options.remote));
+    auto impl = std::make_unique<Impl>(Impl{std::move(conv), options, {}, {}});
     const ckpt::Plan& p = impl->conv.plan();
     std::vector<std::string> subdir(p.shards.size());
     for (const auto& t : impl->conv.targets())

@@ -327,3 +327,27 @@ TEST_CASE("a misspelt family is a usage error in every direction", "[api]") {
     }
   }
 }
+
+TEST_CASE("remote inputs take their options from Options::remote, never from the environment", "[api]") {
+  ckptconv::Options o;
+  o.remote.retries = 0;
+  o.remote.timeout_s = 1;
+  o.remote.aws_access_key_id = "AKIDEXAMPLE";
+  o.remote.aws_secret_access_key = "never-in-a-message";
+  o.remote.aws_endpoint_url = "http://127.0.0.1:1";  // nothing listens there
+  for (const char* url : {"http://127.0.0.1:1/model/", "s3://bucket/model/"}) {
+    INFO(url);
+    try {
+      (void)Conversion::plan(url, o);
+      FAIL("planned a conversion of an unreachable URL");
+    } catch (const ckptconv::Error& e) {
+#if defined(CKPT_HAVE_CURL)
+      CHECK(e.kind() == ckptconv::ErrorKind::Io);
+      CHECK_THAT(e.what(), Catch::Contains("after 1 tries"));  // retries = 0 reached the client
+#else
+      CHECK(e.kind() == ckptconv::ErrorKind::Usage);  // this build reads local files only, and says so
+#endif
+      CHECK_THAT(e.what(), !Catch::Contains("never-in-a-message"));
+    }
+  }
+}

@@ -101,6 +101,17 @@ struct Options {
   // input page and turns the run into an InvalidInput error. It is process-wide, so it is off
   // unless asked for; IoMode::Pread needs no guard (a short read is an error).
   bool guard_sigbus = false;
+  // An s3:// or http(s):// input (a build with libcurl reads them in place, by ranged GETs):
+  // requests in flight, retries of a failed request, the seconds a request may stall, and the
+  // credentials. The library reads no environment: pass what AWS_ACCESS_KEY_ID,
+  // AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL (S3-compatible stores,
+  // path-style) or HF_TOKEN (a bearer token for HTTP) would hold. Never written anywhere.
+  struct Remote {
+    unsigned concurrency = 16, retries = 6;
+    double timeout_s = 60;
+    std::string aws_access_key_id, aws_secret_access_key, aws_session_token, aws_region = "us-east-1",
+        aws_endpoint_url, bearer_token;
+  } remote;
 };
 
 // Parsers for the command line's spellings ("native", "bf16", "5GB", …): Error(Usage) otherwise.
