@@ -366,6 +366,26 @@ ckptconv::Options make_options(const std::string& to, const std::string& family,
   return o;
 }
 
+// Options::remote from a dict of its fields (None: the defaults, no credentials).
+void set_remote(ckptconv::Options& o, const py::object& remote) {
+  if (remote.is_none()) return;
+  if (!py::isinstance<py::dict>(remote)) usage("remote must be a dict (see ckptconv.remote_from_env)");
+  auto& r = o.remote;
+  for (const auto& [k, v] : remote.cast<py::dict>()) {
+    const std::string key = py::str(k);
+    if (key == "concurrency") r.concurrency = v.cast<unsigned>();
+    else if (key == "retries") r.retries = v.cast<unsigned>();
+    else if (key == "timeout_s") r.timeout_s = v.cast<double>();
+    else if (key == "aws_access_key_id") r.aws_access_key_id = v.cast<std::string>();
+    else if (key == "aws_secret_access_key") r.aws_secret_access_key = v.cast<std::string>();
+    else if (key == "aws_session_token") r.aws_session_token = v.cast<std::string>();
+    else if (key == "aws_region") r.aws_region = v.cast<std::string>();
+    else if (key == "aws_endpoint_url") r.aws_endpoint_url = v.cast<std::string>();
+    else if (key == "bearer_token") r.bearer_token = v.cast<std::string>();
+    else usage("remote: unknown key '" + key + "'");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // numpy views
 
@@ -662,9 +682,10 @@ class Plan {
 Plan make_plan(const std::string& input, const std::string& to, const std::string& family, const std::string& dtype,
                const std::string& mtp, std::optional<long long> ep_rank, long long ep_size,
                const std::string& quantize, py::object max_shard_size, long long threads, py::object memory_budget,
-               const std::string& io) {
+               const std::string& io, const py::object& remote) {
   ckptconv::Options o = make_options(to, family, dtype, mtp, ep_rank, ep_size, quantize, max_shard_size, threads,
                                      memory_budget, io);
+  set_remote(o, remote);
   auto core = std::make_shared<Core>();
   core->input = input;
   // The hook outlives no run it reports to: each execution sets core->run first. A weak pointer
@@ -725,7 +746,7 @@ PYBIND11_MODULE(_ckptconv, m) {
 
   m.def("plan", &make_plan, py::arg("input"), py::arg("to"), py::arg("family"), py::arg("dtype"), py::arg("mtp"),
         py::arg("ep_rank"), py::arg("ep_size"), py::arg("quantize"), py::arg("max_shard_size"), py::arg("threads"),
-        py::arg("memory_budget"), py::arg("io"));
+        py::arg("memory_budget"), py::arg("io"), py::arg("remote") = py::none());
 
   py::class_<Stream>(m, "Stream")
       .def("__iter__", [](py::object self) { return self; })

@@ -19,7 +19,8 @@ Two entry points:
 Options (both): to ("dequant" | "native" | "hf"), family ("auto" or a family name), dtype ("bf16" |
 "f16" | "f32"), mtp ("auto" | "on" | "off"), ep_rank (None or int), ep_size (int), quantize ("none" |
 "placeholder" | "real"), max_shard_size and memory_budget (bytes, or "5GB" / "1GiB" strings),
-threads (0: all cores), io ("mmap" | "pread").
+threads (0: all cores), io ("mmap" | "pread"), remote (None, or a dict for an s3:// or http(s)://
+input: concurrency, retries, timeout_s and credentials — see remote_from_env()).
 
 Every failure of the library raises ``ckptconv.Error`` (a RuntimeError) whose ``str`` is the one
 line ``ckptconv`` prints after ``ckptconv: ``, with ``.kind`` ("usage", "invalid_input", "io",
@@ -47,6 +48,7 @@ __all__ = [
     "convert",
     "open",
     "parse_size",
+    "remote_from_env",
     "version",
 ]
 
@@ -65,7 +67,32 @@ _DEFAULTS: Dict[str, Any] = {
     "threads": 0,
     "memory_budget": "1GiB",
     "io": "mmap",
+    "remote": None,
 }
+
+
+def remote_from_env(environ=None) -> Dict[str, Any]:
+    """The `remote` option from the variables the command line reads: AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION (or AWS_DEFAULT_REGION),
+    AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) and HF_TOKEN. The library itself never reads the
+    environment: pass the result as ``remote=`` to convert() or open() for an s3:// or
+    http(s):// input."""
+    env = os.environ if environ is None else environ
+    names = {
+        "aws_access_key_id": ("AWS_ACCESS_KEY_ID",),
+        "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+        "aws_session_token": ("AWS_SESSION_TOKEN",),
+        "aws_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+        "aws_endpoint_url": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"),
+        "bearer_token": ("HF_TOKEN",),
+    }
+    remote: Dict[str, Any] = {}
+    for key, variables in names.items():
+        for v in variables:
+            if env.get(v):
+                remote[key] = env[v]
+                break
+    return remote
 
 
 def version() -> str:
@@ -101,6 +128,7 @@ def _plan(path, opts: Dict[str, Any]):
         threads=int(opts["threads"]),
         memory_budget=opts["memory_budget"],
         io=str(opts["io"]),
+        remote=opts["remote"],
     )
 
 
@@ -127,6 +155,7 @@ def convert(
     threads: int = 0,
     memory_budget="1GiB",
     io: str = "mmap",
+    remote: Optional[Dict[str, Any]] = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: Optional[Callable[[int, int], Any]] = None,
@@ -142,7 +171,7 @@ def convert(
     _check_progress(progress)
     opts = dict(to=to, family=family, dtype=dtype, mtp=mtp, ep_rank=ep_rank, ep_size=ep_size,
                 quantize=quantize, max_shard_size=max_shard_size, threads=threads,
-                memory_budget=memory_budget, io=io)
+                memory_budget=memory_budget, io=io, remote=remote)
     t0 = time.monotonic()
     plan = _plan(input, opts)
     t1 = time.monotonic()

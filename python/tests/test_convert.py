@@ -133,3 +133,30 @@ def test_output_tensors_match_the_streamed_ones(work, fp8):
     written = read_safetensors(out)
     streamed = {n: a.tobytes() for n, a in ckptconv.open(fp8, to="native").tensors()}
     assert streamed == {n: d for n, (_, _, d) in written.items()}
+
+
+def test_remote_options_reach_the_library_and_never_its_messages(tmp_path):
+    # Nothing listens on port 1: with no retries the first failed request ends the plan, and the
+    # message counts one try — the dict's retries reached the client. No secret is printed.
+    remote = {"retries": 0, "timeout_s": 1, "aws_access_key_id": "AKIDEXAMPLE",
+              "aws_secret_access_key": "never-in-a-message", "aws_endpoint_url": "http://127.0.0.1:1"}
+    for url in ("http://127.0.0.1:1/model/", "s3://bucket/model/"):
+        with pytest.raises(ckptconv.Error) as e:
+            ckptconv.convert(url, tmp_path / "out", remote=remote)
+        assert "never-in-a-message" not in str(e.value)
+        if e.value.kind == "io":
+            assert "after 1 tries" in str(e.value)
+        else:  # a build without libcurl reads local files only, and says so
+            assert e.value.kind == "usage" and "local files only" in str(e.value)
+    with pytest.raises(ckptconv.Error) as e:
+        ckptconv.convert("http://127.0.0.1:1/model/", tmp_path / "out", remote={"retry": 1})
+    assert e.value.kind == "usage" and "unknown key 'retry'" in str(e.value)
+
+
+def test_remote_from_env_reads_the_command_lines_variables():
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "eu-west-1",
+           "AWS_ENDPOINT_URL": "http://minio:9000", "HF_TOKEN": "t", "UNRELATED": "x"}
+    assert ckptconv.remote_from_env(env) == {
+        "aws_access_key_id": "k", "aws_secret_access_key": "s", "aws_region": "eu-west-1",
+        "aws_endpoint_url": "http://minio:9000", "bearer_token": "t"}
+    assert ckptconv.remote_from_env({}) == {}
