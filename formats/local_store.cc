@@ -45,9 +45,7 @@ class LocalStore final : public CheckpointStore {
     const fs::path p = dir_ / name;
     struct stat st{};
     if (::stat(p.c_str(), &st) != 0) fail_io_errno(errno, p.string() + ": cannot stat");
-    const uint64_t mtime_ns =
-        static_cast<uint64_t>(st.st_mtim.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(st.st_mtim.tv_nsec);
-    return {{"size", static_cast<uint64_t>(st.st_size)}, {"mtime_ns", mtime_ns}};
+    return stat_identity(st);
   }
 
   std::optional<std::vector<std::string>> list() const override {

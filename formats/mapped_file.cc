@@ -186,10 +186,12 @@ void MappedFile::release(uint64_t offset, uint64_t len) const {
   advise(data_, size_, offset, len, MADV_DONTNEED, kFaultAround);
 }
 
-nlohmann::ordered_json MappedFile::identity() const {
-  const uint64_t mtime_ns = static_cast<uint64_t>(opened_.st_mtim.tv_sec) * 1'000'000'000ull +
-                            static_cast<uint64_t>(opened_.st_mtim.tv_nsec);
-  return {{"size", size_}, {"mtime_ns", mtime_ns}};
+nlohmann::ordered_json stat_identity(const struct stat& st) {
+  const uint64_t mtime_ns =
+      static_cast<uint64_t>(st.st_mtim.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(st.st_mtim.tv_nsec);
+  return {{"size", static_cast<uint64_t>(st.st_size)}, {"mtime_ns", mtime_ns}};
 }
+
+nlohmann::ordered_json MappedFile::identity() const { return stat_identity(opened_); }
 
 }  // namespace ckpt

@@ -27,6 +27,9 @@
 
 namespace ckpt {
 
+// A local file's identity for --resume, from its stat: {"size", "mtime_ns"}.
+nlohmann::ordered_json stat_identity(const struct stat& st);
+
 class MappedFile final : public InputFile {
  public:
   // Opens and maps `path` read-only. A zero-length file is valid and maps to an empty range.

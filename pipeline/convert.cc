@@ -614,15 +614,16 @@ WriteSummary Conversion::write(const fs::path& out, const WriteOptions& wo, cons
 
 namespace {
 
-// The rank records of a split conversion of `world` ranks in `dir`, checked: every rank's record
-// present and complete, each for `identity`. Returns every complete shard they list, and in
-// `files` every rank record in `dir` (publishing removes them). Usage error naming the first rank
-// still to finish; InvalidInput for a record of another conversion.
-std::vector<ManifestShard> complete_records(const fs::path& dir, uint32_t world, const nlohmann::ordered_json& identity,
-                                            std::vector<fs::path>& files) {
+// The rank records of a split conversion of `world` ranks in o.dir, checked: every rank's record
+// present and complete, each for `identity`. Returns every complete shard they list; o.rank_records
+// gets every rank record in the directory (publishing removes them) and o.replace whether any
+// run replaces a checkpoint there. Usage error naming the first rank still to finish;
+// InvalidInput for a record of another conversion.
+std::vector<ManifestShard> complete_records(Output& o, uint32_t world, const nlohmann::ordered_json& identity) {
   std::vector<std::optional<ManifestRecord>> by_rank(world);
-  for (auto& [path, rec] : read_rank_manifests(dir)) {
-    files.push_back(path);
+  for (auto& [path, rec] : read_rank_manifests(o.dir)) {
+    o.rank_records.push_back(path);
+    o.replace = o.replace || rec.replaces_existing;
     if (rec.part && rec.part->world == world) by_rank[rec.part->rank] = std::move(rec);
   }
   std::vector<ManifestShard> shards;
@@ -630,29 +631,22 @@ std::vector<ManifestShard> complete_records(const fs::path& dir, uint32_t world,
     const auto& rec = by_rank[r];
     if (!rec || !rec->complete)
       fail_usage("{}: rank {} of {} has not {}; run it (with --resume if it was interrupted), then publish again",
-                 dir.string(), r, world, rec ? "completed" : "started");
+                 o.dir.string(), r, world, rec ? "completed" : "started");
     if (const auto diff = identity_difference(rec->identity, identity, fmt::format("rank {}'s run", r)))
-      fail_input("{}: rank {} of {} converted another input or options: {}", dir.string(), r, world, *diff);
+      fail_input("{}: rank {} of {} converted another input or options: {}", o.dir.string(), r, world, *diff);
     shards.insert(shards.end(), rec->shards.begin(), rec->shards.end());
   }
   return shards;
 }
 
-// Whether rank `rank`'s record is incomplete while no process holds its lock: it died.
-bool rank_died(const fs::path& dir, const Part& part) {
-  std::optional<ManifestRecord> rec;
+// Whether a live process holds rank `rank`'s lock.
+bool rank_running(const fs::path& dir, uint32_t rank) {
   try {
-    rec = read_manifest_file(dir / rank_manifest_name(part));
+    WriterLock probe(dir, rank_lock_name(rank));
   } catch (const Error&) {
-    return false;  // not there (yet)
+    return true;
   }
-  if (rec->complete) return false;
-  try {
-    WriterLock probe(dir, rank_lock_name(part.rank));
-  } catch (const Error&) {
-    return false;  // held: running
-  }
-  return true;
+  return false;
 }
 
 // Waits until every rank of `world` has a complete record, failing as soon as one has died.
@@ -667,7 +661,7 @@ void wait_for_ranks(const fs::path& dir, uint32_t world) {
       } catch (const Error&) {
       }
       all = rec && rec->complete;
-      if (!all && rank_died(dir, part))
+      if (rec && !rec->complete && !rank_running(dir, r))  // incomplete, and nobody is writing it
         fail(ErrorKind::Internal, "{}: rank {} of {} stopped before completing; rerun it with --resume, then publish",
              dir.string(), r, world);
     }
@@ -696,10 +690,9 @@ void Conversion::publish_parts(const fs::path& out, uint32_t world, const Publis
   Output o{out};
   lock_for_publish(o, po.wait);
   const auto identity = conversion_identity(*ck_, options_);
-  const auto recorded = complete_records(out, world, identity, o.rank_records);
+  const auto recorded = complete_records(o, world, identity);
   o.shards = all_shards(plan_, targets_, out);
   o.found.assign(o.shards.size(), Found::No);
-  for (const auto& [path, rec] : read_rank_manifests(out)) o.replace = o.replace || rec.replaces_existing;
   // Sizes only: each rank's writers hashed and synced their shards as they wrote them; reading
   // every byte again here would double the conversion's I/O.
   std::map<std::pair<std::string, std::string>, uint64_t> size_of;

@@ -125,6 +125,16 @@ void synth(const fs::path& out, const std::string& family, const std::string& ex
   REQUIRE(r.exit_code == 0);
 }
 
+// A small MiniMax-M2 checkpoint at `in`, and the options of a native conversion of it into
+// shards of 200 kB (several per rank).
+PlanOptions small_native_input(const fs::path& in) {
+  synth(in, "minimax_m2", "--layers 2 --experts 4 --hidden 256 --inter 128 --shards 2");
+  PlanOptions po;
+  po.direction = Direction::Native;
+  po.max_shard_size = 200'000;
+  return po;
+}
+
 // Every regular file under `dir`, relative path → bytes.
 std::map<std::string, std::string> files_of(const fs::path& dir) {
   std::map<std::string, std::string> m;
@@ -137,10 +147,7 @@ std::map<std::string, std::string> files_of(const fs::path& dir) {
 
 TEST_CASE("split: every world size publishes the bytes of a single run", "[split]") {
   test::TempDir tmp;
-  synth(tmp / "in", "minimax_m2", "--layers 2 --experts 4 --hidden 256 --inter 128 --shards 2");
-  PlanOptions po;
-  po.direction = Direction::Native;
-  po.max_shard_size = 200'000;
+  PlanOptions po = small_native_input(tmp / "in");
   po.ep_size = GENERATE(1u, 2u);  // 2: every expert-parallel rank, in rank-0000/ and rank-0001/
   INFO("ep_size " << po.ep_size);
   const Conversion c = Conversion::plan(tmp / "in", po);
@@ -165,10 +172,7 @@ TEST_CASE("split: every world size publishes the bytes of a single run", "[split
 
 TEST_CASE("split: a rank refuses a directory whose sibling ranks converted something else", "[split]") {
   test::TempDir tmp;
-  synth(tmp / "in", "minimax_m2", "--layers 2 --experts 4 --hidden 256 --inter 128 --shards 2");
-  PlanOptions po;
-  po.direction = Direction::Native;
-  po.max_shard_size = 200'000;
+  PlanOptions po = small_native_input(tmp / "in");
   WriteOptions wo;
   wo.part = Part{0, 2};
   Conversion::plan(tmp / "in", po).write(tmp / "out", wo, {});
@@ -189,10 +193,7 @@ TEST_CASE("split: a rank refuses a directory whose sibling ranks converted somet
 
 TEST_CASE("split: a job resumed with another world size keeps what the first one finished", "[split]") {
   test::TempDir tmp;
-  synth(tmp / "in", "minimax_m2", "--layers 2 --experts 4 --hidden 256 --inter 128 --shards 2");
-  PlanOptions po;
-  po.direction = Direction::Native;
-  po.max_shard_size = 200'000;
+  PlanOptions po = small_native_input(tmp / "in");
   const Conversion c = Conversion::plan(tmp / "in", po);
   c.write(tmp / "ref", {}, {});
   WriteOptions wo;
