@@ -79,6 +79,29 @@ CKPT_HD float f16_to_float(uint16_t h) {
   return u2f(sign | ((e + 112u) << 23) | (m << 13));
 }
 
+// ---- arithmetic with the CPU's NaNs ----
+// x86 (SSE/AVX) multiplies and divides return a NaN operand quieted, the first one when both are,
+// and for an invalid operation (inf * 0, 0 / 0, inf / inf) the default NaN 0xFFC00000; a GPU
+// returns 0x7FFFFFFF for all of these. F16 and F32 outputs keep a NaN's sign and payload bits,
+// so the device kernels multiply and divide through these, which are the CPU's own results.
+CKPT_HD bool is_nan(float x) { return (f2u(x) & 0x7FFFFFFFu) > 0x7F800000u; }
+
+CKPT_HD float x86_nan_of(float a, float b) {
+  if (is_nan(a)) return u2f(f2u(a) | 0x00400000u);
+  if (is_nan(b)) return u2f(f2u(b) | 0x00400000u);
+  return u2f(0xFFC00000u);
+}
+
+CKPT_HD float mul(float a, float b) {
+  const float r = a * b;
+  return is_nan(r) ? x86_nan_of(a, b) : r;
+}
+
+CKPT_HD float div(float a, float b) {
+  const float r = a / b;
+  return is_nan(r) ? x86_nan_of(a, b) : r;
+}
+
 // ---- rounding to 16-bit outputs ----
 
 CKPT_HD uint16_t float_to_bf16(float f) {
