@@ -8,10 +8,14 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "cuda/choice.h"
 #include "formats/error.h"
 #include "formats/mapped_file.h"
 #include "pipeline/convert.h"
 #include "transforms/kernels.h"
+#if defined(CKPT_HAVE_CUDA)
+#include "cuda/kernels.h"
+#endif
 
 namespace ckptconv {
 
@@ -66,6 +70,7 @@ ckpt::RunOptions run_options(const Options& o) {
   r.io = static_cast<ckpt::IoMode>(o.io);
   if (o.on_progress)
     r.on_progress = [cb = o.on_progress](uint64_t done, uint64_t total) { cb(Progress{done, total}); };
+  r.device = ckpt::device_choice(o.device);
   return r;
 }
 
@@ -84,21 +89,28 @@ void apply(const Options& o) {
     const auto isa = static_cast<ckpt::Isa>(static_cast<int>(o.isa) - 1);
     if (!ckpt::use_isa(isa)) ckpt::fail_usage("isa {}: this CPU does not support it", ckpt::isa_name(isa));
   }
+  ckpt::device_choice(o.device);  // an unusable GPU is refused before planning, saying why
   if (o.guard_sigbus) ckpt::MappedFile::install_sigbus_guard();
 }
 
 // The caller's sink as the executor's.
 class SinkAdapter final : public ckpt::TensorSink {
  public:
-  SinkAdapter(const std::vector<TensorDesc>& descs, ckptconv::TensorSink& sink) : descs_(descs), sink_(sink) {}
+  SinkAdapter(const std::vector<TensorDesc>& descs, ckptconv::TensorSink& sink)
+      : descs_(descs), sink_(sink), device_(dynamic_cast<DeviceTensorSink*>(&sink)) {}
   void write(size_t t, uint64_t offset, const void* data, uint64_t len) override {
     sink_.write(descs_[t], offset, data, len);
   }
   void complete(size_t t) override { sink_.complete(descs_[t]); }
+  bool on_device() const override { return device_ != nullptr; }
+  void write_device(size_t t, uint64_t offset, const void* data, uint64_t len, void* stream) override {
+    device_->write_device(descs_[t], offset, data, len, stream);
+  }
 
  private:
   const std::vector<TensorDesc>& descs_;
   ckptconv::TensorSink& sink_;
+  DeviceTensorSink* device_;
 };
 
 RunStats run_stats(const ckpt::ExecStats& e, double seconds, uint64_t bytes, size_t tensors) {
@@ -113,6 +125,11 @@ RunStats run_stats(const ckpt::ExecStats& e, double seconds, uint64_t bytes, siz
   r.chunk_bytes = e.chunk_bytes;
   r.items_in_flight = e.buffers;
   r.isa = std::string(ckpt::isa_name(ckpt::kernels().isa));
+  if (e.device) {
+    r.device = e.device->name;
+    r.h2d_bytes = e.device->h2d_bytes;
+    r.d2h_bytes = e.device->d2h_bytes;
+  }
   return r;
 }
 
@@ -261,6 +278,60 @@ void MemorySink::write(const TensorDesc& t, uint64_t offset, const void* data, u
 }
 
 void MemorySink::complete(const TensorDesc& t) {
+  void* data = nullptr;
+  {
+    std::lock_guard lock(state_->mu);
+    const auto it = state_->buffers.find(t.index);
+    if (it == state_->buffers.end()) {  // no bytes were written: a tensor of 0 bytes
+      data = state_->allocate(t);
+    } else {
+      data = it->second;
+      state_->buffers.erase(it);
+      if (!data) return;  // skipped
+    }
+  }
+  state_->ready(t, data);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void DeviceTensorSink::write(const TensorDesc& t, uint64_t, const void*, uint64_t) {
+  throw Error(ErrorKind::Usage, "a device sink got host bytes of '" + t.name + "': run it with Options::device a GPU");
+}
+
+struct DeviceMemorySink::State {
+  Allocate allocate;
+  Ready ready;
+  std::mutex mu;
+  std::unordered_map<size_t, void*> buffers;  // tensors being assembled (nullptr: skipped)
+};
+
+DeviceMemorySink::DeviceMemorySink(Allocate allocate, Ready ready) : state_(std::make_unique<State>()) {
+  state_->allocate = std::move(allocate);
+  state_->ready = std::move(ready);
+}
+
+DeviceMemorySink::~DeviceMemorySink() = default;
+
+void DeviceMemorySink::write_device(const TensorDesc& t, uint64_t offset, const void* data, uint64_t len,
+                                    void* stream) {
+  void* dst = nullptr;
+  {
+    std::lock_guard lock(state_->mu);  // one allocation per tensor, as in MemorySink
+    auto [it, fresh] = state_->buffers.try_emplace(t.index, nullptr);
+    if (fresh) it->second = state_->allocate(t);
+    dst = it->second;
+  }
+  if (!dst) return;
+#if defined(CKPT_HAVE_CUDA)
+  translated([&] { ckpt::cuda::copy_async(static_cast<uint8_t*>(dst) + offset, data, len, stream); });
+#else
+  (void)data, (void)len, (void)stream;
+  throw Error(ErrorKind::Usage, "DeviceMemorySink: this library was built without CUDA");
+#endif
+}
+
+void DeviceMemorySink::complete(const TensorDesc& t) {
   void* data = nullptr;
   {
     std::lock_guard lock(state_->mu);

@@ -25,9 +25,7 @@
 #include "pipeline/verify.h"
 #include "transforms/family.h"
 #include "transforms/kernels.h"
-#if defined(CKPT_HAVE_CUDA)
-#include "cuda/device.h"
-#endif
+#include "cuda/choice.h"
 #if defined(CKPT_HAVE_MPI)
 #include <xxhash.h>
 
@@ -69,28 +67,14 @@ RemoteOptions remote_options(unsigned concurrency = RemoteOptions{}.concurrency,
 }
 
 // The library's options for the command line, refusing option combinations that mean nothing.
-// N of "cuda" (0) or "cuda:N".
-std::optional<int> device_index(const std::string& v) {
-  if (v == "cuda") return 0;
-  if (!v.starts_with("cuda:") || v.size() == 5 || v.size() > 8) return std::nullopt;
-  for (char c : v.substr(5))
-    if (c < '0' || c > '9') return std::nullopt;
-  return std::stoi(v.substr(5));
-}
-
-// --device: auto and cpu run the CPU path. cuda[:N] is a usage error that says why — no CUDA in
-// this build, no driver, no device, too old a device — and, where the device would do, that
-// conversions do not run on it yet (the kernels exist, cuda/; the flow graph's device stage is
-// issue #12's next step).
-void check_device(const std::string& device) {
-  const auto index = device_index(device);
-  if (!index) return;
-#if defined(CKPT_HAVE_CUDA)
-  const cuda::DeviceInfo d = cuda::usable_device(*index);
-  fail_usage("--device {}: {} is usable, but conversions do not run on a GPU yet; use --device cpu", device, d.name);
-#else
-  fail_usage("--device {}: this build has no CUDA support (no CUDA compiler at build time); use --device cpu", device);
-#endif
+// The device stage's test hooks, from the environment (the device tests set them; see
+// cuda/choice.h): CKPTCONV_CUDA_STAGING (staging bytes per slot), CKPTCONV_CUDA_FAIL_AT_BATCH.
+DeviceHooks device_hooks() {
+  DeviceHooks h;
+  for (auto [name, value] : {std::pair{"CKPTCONV_CUDA_STAGING", &h.staging_bytes},
+                             std::pair{"CKPTCONV_CUDA_FAIL_AT_BATCH", &h.fail_at_batch}})
+    if (const char* v = std::getenv(name); v && *v) *value = parse_size(v, name);
+  return h;
 }
 
 ConvertOptions convert_options(const ConvertArgs& a) {
@@ -112,7 +96,7 @@ ConvertOptions convert_options(const ConvertArgs& a) {
       fail_usage("--ep-rank {} is not below --ep-size {}", *a.ep_rank, *a.ep_size);
     if (*dir == Direction::Native && a.quantize != "none") fail_usage("--quantize applies to --to hf only");
   }
-  check_device(a.device);
+  o.run.device = device_choice(a.device, device_hooks());
   o.plan.direction = *dir;
   o.plan.dtype = *dtype;
   o.plan.max_shard_size = parse_size(a.max_shard, "--max-shard-size");
@@ -158,6 +142,11 @@ void print_summary(const ConvertArgs& a, const ConvertSummary& s,
                Progress::bytes(static_cast<double>(s.peak_rss_bytes)));
   }
   if (s.reused_shards > 0) fmt::print("resumed: {} shard(s) were complete and kept\n", s.reused_shards);
+  if (const auto& d = s.exec.device)
+    fmt::print("device {}: {} item(s) in {:.2f} s of stage time, {} to the device, {} back; {} device memory, {} pinned\n",
+               d->name, d->items, d->seconds, Progress::bytes(static_cast<double>(d->h2d_bytes)),
+               Progress::bytes(static_cast<double>(d->d2h_bytes)), Progress::bytes(static_cast<double>(d->device_bytes)),
+               Progress::bytes(static_cast<double>(d->pinned_bytes)));
   if (s.fetched)
     fmt::print("fetched {} in {} request(s), {} retried\n", Progress::bytes(static_cast<double>(s.fetched->bytes)),
                s.fetched->requests, s.fetched->retries);
@@ -348,7 +337,7 @@ BenchOptions bench_options(const BenchArgs& a) {
   // The floors copy and rewrite the output's files, which a null sink never creates.
   if (o.floor && a.sink == "null")
     fail_usage("bench: --sink null writes no output to take floors against; add --no-floor");
-  check_device(a.device);
+  device_choice(a.device);  // refuses an unusable --device before any conversion
   o.convert_args = {"--to", a.to, "--io", a.io, "--sink", a.sink, "--memory-budget", a.budget, "--device", a.device};
   if (!a.in.empty()) o.convert_args.insert(o.convert_args.end(), {"--family", a.family});
   if (!a.max_shard_size.empty()) o.convert_args.insert(o.convert_args.end(), {"--max-shard-size", a.max_shard_size});
@@ -400,7 +389,7 @@ void add_convert_flags(CLI::App* conv, ConvertArgs& a) {
                    "(large positional reads into reused buffers; for network filesystems)")
       ->capture_default_str()
       ->check(CLI::IsMember({"mmap", "pread"}));
-  conv->add_option("--sink", a.sink, "file: write the output; null: convert everything but discard it (benchmarks)")
+  conv->add_option("--sink", a.sink, "file: write the output; null: convert everything but discard it (benchmarks; on a GPU, in device memory)")
       ->capture_default_str()
       ->check(CLI::IsMember({"file", "null"}));
   conv->add_option("--remote-concurrency", a.remote_concurrency,
@@ -451,11 +440,12 @@ CLI::App* add_convert(CLI::App& app, ConvertArgs& a) {
   conv->add_option("--threads", a.threads, "Worker threads (0: all cores)")->capture_default_str();
   conv->add_option("--memory-budget", a.budget, "Bytes in flight at once (e.g. 1GiB, 256MiB)")->capture_default_str();
   conv->add_option("--device", a.device,
-                   "Where to transform: auto (the CPU in this version), cpu, or cuda[:N] (refused with the reason: "
-                   "the device stage is not wired into conversions yet)")
+                   "Where to transform: cpu; cuda[:N] (dequantize, group and FP8 export on that GPU, bit-identical "
+                   "to the CPU; refused with the reason when it cannot be used); auto: the GPU when one is usable "
+                   "and the plan dequantizes, exports FP8 or groups experts, else the CPU")
       ->capture_default_str()
       ->check([](const std::string& v) {
-        return v == "auto" || v == "cpu" || device_index(v) ? std::string() : "not one of auto, cpu, cuda[:N]";
+        return v == "auto" || v == "cpu" || cuda_index(v) ? std::string() : "not one of auto, cpu, cuda[:N]";
       });
   add_convert_flags(conv, a);
   return conv;
@@ -526,7 +516,7 @@ CLI::App* add_bench(CLI::App& app, BenchArgs& a) {
   bench->add_option("--device", a.device, "Where the conversions transform: auto, cpu, or cuda[:N] (as convert)")
       ->capture_default_str()
       ->check([](const std::string& v) {
-        return v == "auto" || v == "cpu" || device_index(v) ? std::string() : "not one of auto, cpu, cuda[:N]";
+        return v == "auto" || v == "cpu" || cuda_index(v) ? std::string() : "not one of auto, cpu, cuda[:N]";
       });
   bench->add_option("--work", a.work, "Scratch directory for inputs, outputs and copies (default: /dev/shm)");
   bench->add_option("--report", a.report, "Also write a markdown report to this file");

@@ -227,6 +227,8 @@ ExecStats run_plan(const Plan& plan, TensorSink& sink, const RunOptions& run, st
   eo.on_progress = run.on_progress;
   eo.lanes = run.lanes;
   eo.selected = std::move(selected);
+  const std::shared_ptr<DeviceStage> device = run.device ? run.device(plan) : nullptr;
+  eo.device = device.get();
   return execute(plan, sink, eo);
 }
 
@@ -757,8 +759,12 @@ ConvertSummary convert(const ConvertOptions& opt) {
   sum.plan_s = since(t0);
   if (opt.null_sink) {
     const auto t1 = Clock::now();
-    NullTensorSink sink;
-    sum.exec = c.execute(sink, opt.run);
+    // The device stage is chosen here, once, because it decides where the tensors are dropped.
+    RunOptions run = opt.run;
+    const std::shared_ptr<DeviceStage> stage = run.device ? run.device(c.plan()) : nullptr;
+    run.device = [stage](const Plan&) { return stage; };
+    NullTensorSink sink(stage != nullptr);
+    sum.exec = c.execute(sink, run);
     sum.execute_s = since(t1);
   } else if (!opt.dry_run) {
     if (opt.on_planned) opt.on_planned(c);
@@ -792,6 +798,7 @@ ConvertSummary convert(const ConvertOptions& opt) {
   sum.total_s = since(t0);
   sum.peak_rss_bytes = peak_rss_bytes();
   sum.isa = std::string(isa_name(kernels().isa));
+  if (sum.exec.device) sum.device = sum.exec.device->name;
   return sum;
 }
 

@@ -43,6 +43,9 @@ struct RunOptions {
   IoMode io = IoMode::Mmap;
   std::function<void(uint64_t done, uint64_t total)> on_progress;  // output bytes
   unsigned lanes = 0;  // ExecOptions::lanes
+  // Where the transform runs: called with the plan before each execution, it returns the device
+  // stage to use (pipeline/device_stage.h), or null for the CPU. Unset: the CPU.
+  std::function<std::shared_ptr<DeviceStage>(const Plan&)> device;
 };
 
 struct WriteOptions {
@@ -134,7 +137,7 @@ struct ConvertSummary {
   uint64_t peak_rss_bytes = 0;
   ExecStats exec;
   std::string isa;
-  std::string device = "cpu";  // where the transform ran: the CPU path is the only one so far
+  std::string device = "cpu";  // where the transform ran: "cpu", or the device stage's name
 };
 
 inline constexpr uint64_t kMinMemoryBudget = 4ull << 20;

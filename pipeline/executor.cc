@@ -31,6 +31,8 @@ struct Item {
   ItemInputs* inputs = nullptr;  // pread: the staged input bytes
   std::atomic<uint32_t>* segment_left = nullptr;  // items of this item's segment not yet written
   ScaleRange scales;  // FP8 export: the scale tensor's elements this item computed, after the codes
+  DeviceStage::Slot* slot = nullptr;  // with a device stage: the item's buffers (`buffer` is its host side)
+  bool on_device = false;             // its bytes were made on the device
 };
 
 // Reusable output buffers: allocated on first use, then recycled, so the hot path never touches
@@ -315,6 +317,14 @@ class Delivery {
   }
   void write(size_t tensor, uint64_t offset, const void* data, uint64_t len) {
     sink_.write(tensor, offset, data, len);
+    delivered(tensor, len);
+  }
+  // The same for a device sink: the bytes are in device memory, ready in `stream` order. The
+  // caller waits for the stream before the tensor's completion can be reported (`delivered`).
+  void write_device(size_t tensor, uint64_t offset, const void* data, uint64_t len, void* stream) {
+    sink_.write_device(tensor, offset, data, len, stream);
+  }
+  void delivered(size_t tensor, uint64_t len) {
     if (left_[tensor].fetch_sub(len) == len) sink_.complete(tensor);
     report(done_ += len);
   }
@@ -337,19 +347,31 @@ class Delivery {
   std::atomic<int64_t> last_report_ms_{0};
 };
 
-// Writes the scales an FP8 export item computed into the weight's scale tensor, if selected;
-// returns the bytes written.
-uint64_t write_scales(const Plan& plan, const std::vector<bool>& selected, Delivery& out, const Item& it,
-                      const uint8_t* bytes) {
+// Where an FP8 export item's scales go: the weight's scale tensor (when selected), at `offset`,
+// `len` bytes; len 0 when there is nothing to write.
+struct ScalesOut {
+  size_t tensor = 0;
+  uint64_t offset = 0, len = 0;
+};
+ScalesOut scales_out(const Plan& plan, const std::vector<bool>& selected, const Item& it) {
   const int64_t sc = scale_tensor_of(plan, it.tensor);
-  if (!is_selected(selected, sc) || it.scales.first == it.scales.last) return 0;
+  if (!is_selected(selected, sc) || it.scales.first == it.scales.last) return {};
   const auto s = static_cast<size_t>(sc);
-  const uint64_t es = dtype_size(plan.tensors[s].out.dtype), len = (it.scales.last - it.scales.first) * es;
-  out.write(s, it.scales.first * es, bytes, len);
-  return len;
+  const uint64_t es = dtype_size(plan.tensors[s].out.dtype);
+  return {s, it.scales.first * es, (it.scales.last - it.scales.first) * es};
 }
 
 }  // namespace
+
+void TensorSink::write_device(size_t, uint64_t, const void*, uint64_t, void*) {
+  fail(ErrorKind::Internal, "this sink takes no device memory");
+}
+
+bool wants_device(const Plan& plan) {
+  for (const PlannedTensor& t : plan.tensors)
+    if (t.dequantizes() || t.quantize != QuantizeMode::None || any_transposed(t)) return true;
+  return false;
+}
 
 void size_pipeline(uint64_t budget, unsigned threads, uint64_t& chunk_bytes, uint64_t& items) {
   // Enough items to keep every thread busy in each stage, each holding one output chunk plus at
@@ -373,7 +395,12 @@ class Run {
         pool_(item_buffer_bytes(plan, stats.chunk_bytes, scales_at_)),
         amax_(plan.tensors.size(), opt.io),
         items_of_(plan, opt.selected, stats.chunk_bytes, opt.lanes ? opt.lanes : stats.threads),
-        out_(plan, opt.selected, sink, opt) {}
+        out_(plan, opt.selected, sink, opt),
+        device_(opt.device),
+        device_sink_(sink.on_device()) {
+    if (device_sink_ && !device_) fail(ErrorKind::Usage, "a device sink needs a device to run on (--device cuda)");
+    if (device_) device_->begin(plan, stats.buffers, item_buffer_bytes(plan, stats.chunk_bytes, scales_at_), scales_at_);
+  }
 
   bool next(Item& it) { return !failed_ && items_of_.next(it); }
   void start() { out_.complete_empty(opt_.selected); }
@@ -399,15 +426,29 @@ class Run {
     return it;
   }
 
-  // The item's output bytes (and an FP8 export's scales) into a pooled buffer; copies skip it.
+  // The item's output bytes (and an FP8 export's scales) into a buffer — pooled, or with a device
+  // stage the item's slot, made on the device where the stage runs the tensor; copies skip it
+  // (for a device sink they still take a slot, to go up to the device when written).
   Item transform(Item it) {
     const PlannedTensor& t = plan_.tensors[it.tensor];
-    if (failed_ || t.is_copy()) return it;
+    if (failed_ || (t.is_copy() && !device_sink_)) return it;
     StageTimer timer{transform_ns_};
     guarded([&] {
-      thread_local Scratch scratch;
       const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
-      it.buffer = pool_.acquire();
+      if (device_) {
+        it.slot = device_->acquire();
+        if (t.is_copy()) return;
+        if (device_->runs(t)) {
+          it.scales = device_->transform(*it.slot, plan_, it.tensor, it.first, it.last, in, amax_, !device_sink_);
+          it.on_device = true;
+          if (!device_sink_) it.buffer = it.slot->host;
+          return;
+        }
+        it.buffer = device_->host_buffer(*it.slot);
+      } else {
+        it.buffer = pool_.acquire();
+      }
+      thread_local Scratch scratch;
       if (t.quantize != QuantizeMode::None)
         it.scales = produce_quantized(plan_, it.tensor, it.first, it.last, it.buffer, it.buffer + scales_at_, scratch,
                                       amax_, in);
@@ -423,7 +464,8 @@ class Run {
       StageTimer timer{write_ns_};
       guarded([&] { deliver(it); });
     }
-    if (it.buffer) pool_.release(it.buffer);
+    if (it.slot) device_->release(it.slot);
+    else if (it.buffer) pool_.release(it.buffer);
     if (it.inputs) staging_.release(it.inputs);
   }
 
@@ -438,6 +480,7 @@ class Run {
     stats.read_s = static_cast<double>(read_ns_) * 1e-9;
     stats.transform_s = static_cast<double>(transform_ns_) * 1e-9;
     stats.write_s = static_cast<double>(write_ns_) * 1e-9;
+    if (device_) stats.device = device_->stats();
   }
 
  private:
@@ -459,10 +502,18 @@ class Run {
     const uint64_t len = elements_bytes(t.out.dtype, it.last) - at;
     if (MappedFile::any_fault()) check_item_inputs(t, false);  // before the bytes leave
     const ItemInputs& in = it.inputs ? *it.inputs : mapped_inputs();
-    const uint8_t* bytes = it.buffer ? it.buffer : in.copy_bytes(t, it.first);
+    // Host bytes: the item's buffer, or a copy's input; none for what a device sink gets from the device.
+    const uint8_t* bytes = it.buffer ? it.buffer : it.on_device ? nullptr : in.copy_bytes(t, it.first);
+    const bool selected = is_selected(opt_.selected, it.tensor);
+    const bool transformed = it.buffer || it.on_device;  // copies have no scales
+    const ScalesOut sc = transformed ? scales_out(plan_, opt_.selected, it) : ScalesOut{};
     try {
-      if (is_selected(opt_.selected, it.tensor)) out_.write(it.tensor, at, bytes, len);
-      if (it.buffer) write_scales(plan_, opt_.selected, out_, it, it.buffer + scales_at_);  // copies have none
+      if (device_sink_) {
+        deliver_device(it, bytes, selected ? len : 0, at, sc);
+      } else {
+        if (selected) out_.write(it.tensor, at, bytes, len);
+        if (sc.len) out_.write(sc.tensor, sc.offset, it.buffer + scales_at_, sc.len);
+      }
     } catch (const Error&) {
       check_item_inputs(t, true);  // a copy from a truncated map fails inside the kernel: say why
       throw;
@@ -470,6 +521,21 @@ class Run {
     const bool segment_done = it.segment_left->fetch_sub(1) == 1;
     if (!pread_) release_item(t, it.first, it.last, segment_done);
     ++items_;
+  }
+
+  // A device sink's delivery: bytes the CPU made or copied go up first; the sink enqueues its
+  // copies on the slot's stream, which is waited for before the bytes count as delivered.
+  void deliver_device(const Item& it, const uint8_t* bytes, uint64_t len, uint64_t at, const ScalesOut& sc) {
+    DeviceStage::Slot& slot = *it.slot;
+    if (!it.on_device) {
+      device_->upload(slot, 0, bytes, len);
+      if (sc.len) device_->upload(slot, scales_at_, it.buffer + scales_at_, sc.len);
+    }
+    if (len) out_.write_device(it.tensor, at, slot.device, len, slot.stream);
+    if (sc.len) out_.write_device(sc.tensor, sc.offset, slot.device + scales_at_, sc.len, slot.stream);
+    device_->wait(slot);
+    if (len) out_.delivered(it.tensor, len);
+    if (sc.len) out_.delivered(sc.tensor, sc.len);
   }
 
   const Plan& plan_;
@@ -481,6 +547,8 @@ class Run {
   AmaxCache amax_;
   ItemSource items_of_;
   Delivery out_;
+  DeviceStage* device_;
+  const bool device_sink_;
   std::atomic<uint64_t> read_ns_{0}, transform_ns_{0}, write_ns_{0}, items_{0};
   std::atomic<bool> failed_{false};
   std::exception_ptr first_error_;

@@ -18,9 +18,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "formats/writer.h"
+#include "pipeline/device_stage.h"
 #include "pipeline/inputs.h"
 #include "pipeline/plan.h"
 #include "pipeline/sink.h"
@@ -41,6 +43,9 @@ struct ExecOptions {
   // writes into one file serialise on its lock; a sink that assembles whole tensors in memory
   // wants 1, so that items come in plan order and few tensors are half-assembled at a time.
   unsigned lanes = 0;
+  // Where the transform runs the tensors it can (pipeline/device_stage.h); null: the CPU. A
+  // device sink (TensorSink::on_device) needs one.
+  DeviceStage* device = nullptr;
 };
 
 struct ExecStats {
@@ -51,6 +56,7 @@ struct ExecStats {
   double read_s = 0, transform_s = 0, write_s = 0;  // summed over threads
   uint64_t bytes_read = 0;    // by pread (0 under mmap: the page faults are not counted)
   unsigned threads = 0;
+  std::optional<DeviceStats> device;  // with a device stage
 };
 
 // The chunk size and number of items in flight chosen for a budget and thread count.

@@ -20,6 +20,12 @@ class TensorSink {
   // Bytes [offset, offset + len) of plan.tensors[tensor]; `data` is valid only during the call.
   virtual void write(size_t tensor, uint64_t offset, const void* data, uint64_t len) = 0;
   virtual void complete(size_t /*tensor*/) {}
+  // A device sink (one that `on_device`) gets every tensor's bytes in device memory instead, from
+  // a run with a device stage (ExecOptions::device): bytes [offset, offset + len) at device
+  // pointer `data`, ready in the order of `stream` (a cudaStream_t). The sink enqueues its use of
+  // them on that stream; the executor waits for the stream before it reuses `data`.
+  virtual bool on_device() const { return false; }
+  virtual void write_device(size_t tensor, uint64_t offset, const void* data, uint64_t len, void* stream);
 };
 
 // Each tensor's bytes at its shard and offset, through one ShardSink per shard of the plan.
@@ -37,10 +43,18 @@ class ShardFileSink final : public TensorSink {
   const std::vector<std::unique_ptr<ShardSink>>& shards_;
 };
 
-// Discards everything: `convert --sink null` measures the pipeline without storage.
+// Discards everything: `convert --sink null` measures the pipeline without storage. With a device
+// stage it discards the tensors where they are made, in device memory (`on_device`): what loading
+// into a device sink costs, with nothing copied back.
 class NullTensorSink final : public TensorSink {
  public:
+  explicit NullTensorSink(bool on_device = false) : on_device_(on_device) {}
   void write(size_t, uint64_t, const void*, uint64_t) override {}
+  bool on_device() const override { return on_device_; }
+  void write_device(size_t, uint64_t, const void*, uint64_t, void*) override {}
+
+ private:
+  bool on_device_;
 };
 
 }  // namespace ckpt

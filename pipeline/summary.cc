@@ -15,6 +15,11 @@ nlohmann::ordered_json summary_json(const ConvertSummary& s, const SummaryLabels
           {"io", l.io}, {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers},
           {"buffers_allocated", s.exec.buffers_allocated}, {"isa", s.isa}, {"device", s.device},
           {"stage_seconds", {{"read", s.exec.read_s}, {"dequantize", s.exec.transform_s}, {"write", s.exec.write_s}}}};
+  if (const auto& d = s.exec.device)
+    j["device_stage"] = {{"items", d->items}, {"seconds", d->seconds}, {"setup_seconds", d->setup_seconds},
+                         {"h2d_bytes", d->h2d_bytes},
+                         {"d2h_bytes", d->d2h_bytes}, {"device_memory_bytes", d->device_bytes},
+                         {"pinned_bytes", d->pinned_bytes}};
   if (s.fetched)
     j["remote"] = {{"requests", s.fetched->requests}, {"bytes_fetched", s.fetched->bytes}, {"retries", s.fetched->retries}};
   if (s.part)

@@ -101,6 +101,11 @@ struct Options {
   // input page and turns the run into an InvalidInput error. It is process-wide, so it is off
   // unless asked for; IoMode::Pread needs no guard (a short read is an error).
   bool guard_sigbus = false;
+  // Where the transform runs: "cpu"; "cuda" or "cuda:N" (dequantize, group and FP8 export on that
+  // GPU through pinned staging and CUDA streams, bit-identical to the CPU; Error(Usage) saying why
+  // when it cannot be used or the library was built without CUDA); "auto" (the GPU when one is
+  // usable and the plan has FP8 or grouping work, else the CPU). A DeviceTensorSink needs a GPU.
+  std::string device = "cpu";
   // An s3:// or http(s):// input (a build with libcurl reads them in place, by ranged GETs):
   // requests in flight, retries of a failed request, the seconds a request may stall, and the
   // credentials. The library reads no environment: pass what AWS_ACCESS_KEY_ID,
@@ -187,6 +192,37 @@ class CKPTCONV_API MemorySink final : public TensorSink {
   std::unique_ptr<State> state_;
 };
 
+// Receives converted tensors in GPU memory (Options::device a GPU): each byte range arrives as
+// a device pointer on that GPU and a CUDA stream (a cudaStream_t) in whose order its bytes are
+// ready. The sink enqueues its own use of them on that stream (a cudaMemcpyAsync into its tensor,
+// say) and returns; the library waits for the stream before it reuses the memory and before it
+// calls `complete`. The rules of TensorSink hold otherwise; `write` (host bytes) is never called.
+class CKPTCONV_API DeviceTensorSink : public TensorSink {
+ public:
+  virtual void write_device(const TensorDesc& tensor, uint64_t offset, const void* device_data, uint64_t len,
+                            void* stream) = 0;
+  void write(const TensorDesc& tensor, uint64_t offset, const void* data, uint64_t len) final;
+};
+
+// Assembles whole tensors in GPU memory the caller provides, as MemorySink does in host memory:
+// `allocate` returns `nbytes` of device memory on the run's GPU (cudaMalloc, a framework's tensor
+// storage; nullptr skips the tensor), `ready` is called once the tensor is whole there. Each range
+// is copied device to device on the library's stream: no output byte passes through the host.
+class CKPTCONV_API DeviceMemorySink final : public DeviceTensorSink {
+ public:
+  using Allocate = std::function<void*(const TensorDesc&)>;
+  using Ready = std::function<void(const TensorDesc&, void* device_data)>;
+  DeviceMemorySink(Allocate allocate, Ready ready);
+  ~DeviceMemorySink() override;
+  void write_device(const TensorDesc& tensor, uint64_t offset, const void* device_data, uint64_t len,
+                    void* stream) override;
+  void complete(const TensorDesc& tensor) override;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Runs
 
@@ -198,6 +234,8 @@ struct RunStats {
   unsigned threads = 0;
   uint64_t chunk_bytes = 0, items_in_flight = 0;
   std::string isa;
+  std::string device = "cpu";             // "cpu", or the GPU that transformed ("cuda:0 (NVIDIA H200)")
+  uint64_t h2d_bytes = 0, d2h_bytes = 0;  // bytes copied to and from the GPU
 };
 
 struct WriteOptions {

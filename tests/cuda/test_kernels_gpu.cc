@@ -14,6 +14,7 @@
 
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "transforms/cast.h"
 #include "transforms/fp8.h"
 #include "transforms/quantize.h"
 
@@ -37,15 +38,15 @@ std::vector<T> from_device(const void* p, size_t n) {
   return v;
 }
 
-// The CPU's element for (r, c): the same rule cuda::Dequant documents, computed host-side.
-float cpu_value(const cuda::Dequant& d, const std::vector<uint8_t>& src, const std::vector<uint8_t>& scale_bytes,
+// The CPU's element for (r, c): the same rule cuda::Convert documents, computed host-side.
+float cpu_value(const cuda::Convert& d, const std::vector<uint8_t>& src, const std::vector<uint8_t>& scale_bytes,
                 uint64_t r, uint64_t c) {
   const uint64_t g = (r / d.block_rows) * d.grid_cols + c / d.block_cols;
   float s = 0;
   if (d.scale_dtype == DType::F32) std::memcpy(&s, scale_bytes.data() + 4 * g, 4);
   else if (d.scale_dtype == DType::BF16) s = bf16_to_float(static_cast<uint16_t>(scale_bytes[2 * g] | scale_bytes[2 * g + 1] << 8));
   else s = e8m0_to_float(scale_bytes[g]);
-  return fp8_to_float(src[r * d.src_stride + c], d.format) * s;
+  return elem::mul(fp8_to_float(src[r * d.src_stride + c], d.src_dtype == DType::F8_E4M3 ? Fp8::E4M3 : Fp8::E5M2), s);
 }
 
 uint32_t cpu_bits(DType out, float v) {
@@ -78,7 +79,7 @@ TEST_CASE("dequantization kernels equal the CPU path for every code, scheme and 
         for (bool transpose : {false, true}) {
           INFO("scale " << dtype_name(sc.scale) << " block " << sc.br << "x" << sc.bc << " out " << dtype_name(out)
                         << " transpose " << transpose);
-          cuda::Dequant d;
+          cuda::Convert d;
           uint8_t* dsrc = to_device(src);
           uint8_t* dscale = to_device(scales);
           void* ddst = nullptr;
@@ -87,7 +88,7 @@ TEST_CASE("dequantization kernels equal the CPU path for every code, scheme and 
           d.rows = rows;
           d.cols = cols;
           d.src_stride = cols;
-          d.format = f;
+          d.src_dtype = f == Fp8::E4M3 ? DType::F8_E4M3 : DType::F8_E5M2;
           d.scales = dscale;
           d.scale_dtype = sc.scale;
           d.block_rows = sc.br;
@@ -97,7 +98,7 @@ TEST_CASE("dequantization kernels equal the CPU path for every code, scheme and 
           d.out = out;
           d.dst_stride = transpose ? rows : cols;
           d.transpose = transpose;
-          cuda::dequantize(d, nullptr);
+          cuda::convert(d, nullptr);
           const size_t es = dtype_size(out);
           const auto got = from_device<uint8_t>(ddst, rows * cols * es);
           uint64_t bad = 0;
@@ -107,8 +108,7 @@ TEST_CASE("dequantization kernels equal the CPU path for every code, scheme and 
               uint32_t g = 0;
               std::memcpy(&g, got.data() + at * es, es);
               const float v = cpu_value(d, src, scales, r, c);
-              const bool nan = std::isnan(v) && (out == DType::F32 ? std::isnan(bits_to_float(g)) : false);
-              bad += !nan && g != cpu_bits(out, v);
+              bad += g != cpu_bits(out, v);  // exact: NaN bits too (elem::mul is the CPU's multiply)
             }
           CHECK(bad == 0);
           cudaFree(dsrc);
@@ -118,13 +118,50 @@ TEST_CASE("dequantization kernels equal the CPU path for every code, scheme and 
   }
 }
 
+TEST_CASE("cast kernels equal the CPU's cast_run, equal dtypes copied bit for bit", "[cuda]") {
+  const uint64_t rows = 70, cols = 90;
+  std::mt19937 rng(9);
+  for (DType from : {DType::BF16, DType::F16, DType::F32})
+    for (DType out : {DType::BF16, DType::F16, DType::F32})
+      for (bool transpose : {false, true}) {
+        INFO(dtype_name(from) << " -> " << dtype_name(out) << " transpose " << transpose);
+        const size_t ies = dtype_size(from), oes = dtype_size(out);
+        std::vector<uint8_t> src(rows * cols * ies);
+        for (auto& b : src) b = static_cast<uint8_t>(rng());  // every class: NaNs with payloads, infs, subnormals
+        uint8_t* dsrc = to_device(src);
+        void* ddst = nullptr;
+        REQUIRE(cudaMalloc(&ddst, rows * cols * 4) == cudaSuccess);
+        cuda::Convert d;
+        d.src = dsrc;
+        d.src_dtype = from;
+        d.rows = rows;
+        d.cols = cols;
+        d.src_stride = cols;
+        d.dst = ddst;
+        d.out = out;
+        d.dst_stride = transpose ? rows : cols;
+        d.transpose = transpose;
+        cuda::convert(d, nullptr);
+        const auto got = from_device<uint8_t>(ddst, rows * cols * oes);
+        std::vector<uint8_t> want(rows * cols * oes);
+        for (uint64_t r = 0; r < rows; ++r)
+          for (uint64_t c = 0; c < cols; ++c) {
+            const uint64_t at = transpose ? c * rows + r : r * cols + c;
+            cast_run(src.data() + (r * cols + c) * ies, from, 1, want.data() + at * oes, out);
+          }
+        CHECK(got == want);
+        cudaFree(dsrc);
+        cudaFree(ddst);
+      }
+}
+
 TEST_CASE("FP8 export kernels equal the CPU rules, non-finite values included", "[cuda]") {
   const uint64_t rows = 260, cols = 300;
   std::vector<float> x(rows * cols);
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> u(-3.0f, 3.0f);
   for (size_t i = 0; i < x.size(); ++i) x[i] = u(rng) * std::ldexp(1.0f, static_cast<int>(i % 23) - 11);
-  for (size_t i = 0; i < x.size(); i += 97) x[i] = std::nanf("");
+  for (size_t i = 0; i < x.size(); i += 97) x[i] = i % 2 ? std::nanf("") : -std::nanf("");  // both signs
   for (size_t i = 5; i < x.size(); i += 131) x[i] = -INFINITY;
   for (uint64_t c = 0; c < cols; ++c) x[c] = 0.0f;  // a zero row
   float* dx = to_device(x);
@@ -140,7 +177,7 @@ TEST_CASE("FP8 export kernels equal the CPU rules, non-finite values included", 
     if (s == ScaleScheme::PerTensor) {
       const float sc = fp8_block_scale(abs_max_scalar(x.data(), x.size(), 0.0f));
       want_scale.push_back(sc);
-      for (size_t i = 0; i < x.size(); ++i) want[i] = float_to_e4m3_saturate(x[i] / sc);
+      for (size_t i = 0; i < x.size(); ++i) want[i] = float_to_e4m3_saturate(elem::div(x[i], sc));
       cuda::amax_finite(dx, x.size(), static_cast<float*>(dscales), nullptr);
       const auto amax = from_device<float>(dscales, 1);
       CHECK(fp8_block_scale(amax[0]) == sc);
@@ -158,7 +195,7 @@ TEST_CASE("FP8 export kernels equal the CPU rules, non-finite values included", 
           if (s == ScaleScheme::Mx) want_mx.push_back(e);
           else want_scale.push_back(sc);
           for (uint64_t r = r0; r < std::min(rows, r0 + br); ++r)
-            for (uint64_t c = c0; c < std::min(cols, c0 + bc); ++c) want[r * cols + c] = float_to_e4m3_saturate(x[r * cols + c] / sc);
+            for (uint64_t c = c0; c < std::min(cols, c0 + bc); ++c) want[r * cols + c] = float_to_e4m3_saturate(elem::div(x[r * cols + c], sc));
         }
     cuda::Quantize q{dx, rows, cols, s, dcodes, dscales};
     cuda::quantize(q, nullptr);
