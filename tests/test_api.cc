@@ -6,6 +6,8 @@
 // sink's own exception comes back unchanged.
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
+
 #include <ckptconv/ckptconv.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -349,5 +351,36 @@ TEST_CASE("remote inputs take their options from Options::remote, never from the
 #endif
       CHECK_THAT(e.what(), !Catch::Contains("never-in-a-message"));
     }
+  }
+}
+
+TEST_CASE("Options::device: an unusable GPU or a device sink on the CPU is a usage error naming why", "[api]") {
+  ckpt::test::TempDir tmp;
+  synth(tmp / "fp8", "minimax_m2");
+  ckptconv::Options o;
+  o.to = ckptconv::Direction::Native;
+  o.device = "tpu";
+  try {
+    Conversion::plan(tmp / "fp8", o);
+    FAIL("planned for device 'tpu'");
+  } catch (const ckptconv::Error& e) {
+    CHECK(e.kind() == ckptconv::ErrorKind::Usage);
+    CHECK_THAT(e.what(), Catch::Contains("tpu"));
+  }
+  // Where no GPU can run (CI: no driver, or a build without CUDA) "cuda" is refused, saying so.
+  if (std::getenv("CKPT_TEST_HAS_GPU") == nullptr) {
+    o.device = "cuda:0";
+    CHECK_THROWS_AS(Conversion::plan(tmp / "fp8", o), ckptconv::Error);
+  }
+  o.device = "cpu";
+  const Conversion c = Conversion::plan(tmp / "fp8", o);
+  ckptconv::DeviceMemorySink to_gpu([](const TensorDesc&) -> void* { return nullptr; },
+                                    [](const TensorDesc&, void*) {});
+  try {
+    c.execute(to_gpu);
+    FAIL("a device sink ran on the CPU");
+  } catch (const ckptconv::Error& e) {
+    CHECK(e.kind() == ckptconv::ErrorKind::Usage);
+    CHECK_THAT(e.what(), Catch::Contains("device"));
   }
 }
