@@ -326,7 +326,7 @@ void DeviceMemorySink::write_device(const TensorDesc& t, uint64_t offset, const 
 #if defined(CKPT_HAVE_CUDA)
   translated([&] { ckpt::cuda::copy_async(static_cast<uint8_t*>(dst) + offset, data, len, stream); });
 #else
-  (void)data, (void)len, (void)stream;
+  (void)offset, (void)data, (void)len, (void)stream;
   throw Error(ErrorKind::Usage, "DeviceMemorySink: this library was built without CUDA");
 #endif
 }

@@ -144,12 +144,6 @@ std::optional<std::string> output_config(const Checkpoint& ck, const Plan& plan)
   return cfg.dump(2) + "\n";
 }
 
-std::string read_file(const fs::path& f) {
-  std::ifstream in(f, std::ios::binary);
-  if (!in) fail(ErrorKind::Io, "{}: cannot read", f.string());
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 }  // namespace
 
 namespace {
