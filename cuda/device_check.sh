@@ -91,7 +91,7 @@ in=$work/e2e-in
 "$ck" synth --family minimax_m2 --out "$in" --experts 36 --hidden 3072 --inter 1536 --size "${E2E_SIZE:-8GB}" \
   --shards 16 --seed 5 | tail -n 1
 tsv=$out/e2e.tsv
-printf 'round\tdevice\tsink\twall_s\tuser_s\tsys_s\texecute_s\tstage_setup_s\tpeak_rss_MB\th2d_GB\td2h_GB\tdevice_mem_MB\tpinned_MB\n' > "$tsv"
+printf 'round\tdevice\tsink\twall_s\tuser_s\tsys_s\texecute_s\tstage_setup_s\tcontext_s\tpeak_rss_MB\th2d_GB\td2h_GB\tdevice_mem_MB\tpinned_MB\n' > "$tsv"
 one() {  # round device sink
   local o=$work/e2e-out args=(--sink null)
   [ "$3" = file ] && args=(--out "$o" --overwrite)
@@ -103,7 +103,7 @@ import json, sys
 r, dev, sink, t, path = sys.argv[1:6]
 j = json.load(open(path)); d = j.get("device_stage", {})
 wall, user, sys_ = t.split()
-print("\t".join([r, dev, sink, wall, user, sys_, f"{j['execute_seconds']:.3f}", f"{d.get('setup_seconds', 0):.3f}",
+print("\t".join([r, dev, sink, wall, user, sys_, f"{j['execute_seconds']:.3f}", f"{d.get('setup_seconds', 0):.3f}", f"{d.get('init_seconds', 0):.3f}",
                  f"{j['peak_rss_bytes']/2**20:.0f}",
                  f"{d.get('h2d_bytes', 0)/1e9:.2f}", f"{d.get('d2h_bytes', 0)/1e9:.2f}",
                  f"{d.get('device_memory_bytes', 0)/2**20:.0f}", f"{d.get('pinned_bytes', 0)/2**20:.0f}"]))

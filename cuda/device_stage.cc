@@ -88,10 +88,13 @@ struct Buffers {
 struct CudaSlot : DeviceStage::Slot {
   int gpu = 0;
   cudaStream_t stream_ = nullptr;
-  cudaEvent_t sent = nullptr;  // the last copy out of `staging` (blocking sync: waiters sleep)
+  // The staging buffer's two halves take turns: one is filled while the other's copy runs.
+  // sent[h]: the last copy out of half h (blocking sync: waiters sleep).
+  cudaEvent_t sent[2] = {nullptr, nullptr};
   cudaEvent_t done = nullptr;
   Buffers b;
-  uint64_t cursor = 0;  // staging bytes in use by copies not yet waited for
+  int half = 0;         // the half being filled
+  uint64_t cursor = 0;  // its bytes in use
 
   ~CudaSlot() {
     cudaSetDevice(gpu);  // destructors report nothing: the run's error, if any, is already out
@@ -101,8 +104,8 @@ struct CudaSlot : DeviceStage::Slot {
     cudaFree(device);
     cudaFree(b.device_in);
     cudaFree(b.device_values);
-    if (sent) cudaEventDestroy(sent);
-    if (done) cudaEventDestroy(done);
+    for (cudaEvent_t e : {sent[0], sent[1], done})
+      if (e) cudaEventDestroy(e);
     if (stream_) cudaStreamDestroy(stream_);
   }
 };
@@ -111,6 +114,11 @@ class CudaStage final : public DeviceStage {
  public:
   CudaStage(const StageOptions& o, const DeviceInfo& info) : options_(o) {
     stats_.name = fmt::format("cuda:{} ({})", info.index, info.name);
+    // The device's context now, not inside the first item, where every thread would wait for it.
+    const auto start = std::chrono::steady_clock::now();
+    check(cudaSetDevice(o.device), "set device");
+    check(cudaFree(nullptr), "context");
+    stats_.init_seconds = static_cast<double>(elapsed_ns(start)) * 1e-9;
   }
 
   ~CudaStage() override { free_slots(); }
@@ -123,6 +131,7 @@ class CudaStage final : public DeviceStage {
     // Items larger than the staging buffer go through it in batches; 4 MiB keeps the pinned
     // memory (slow to allocate) small while each copy stays long enough to run at full speed.
     staging_bytes_ = options_.staging_bytes ? options_.staging_bytes : std::clamp<uint64_t>(out_bytes, 1ull << 20, 4ull << 20);
+    half_bytes_ = staging_bytes_ / 2 / 256 * 256;
   }
 
   bool runs(const PlannedTensor& t) const override {
@@ -179,8 +188,6 @@ class CudaStage final : public DeviceStage {
         const PlannedTensor& st = plan.tensors[static_cast<size_t>(scale_tensor_of(plan, index))];
         copy_back(s, scales_at_, (scales.last - scales.first) * dtype_size(st.out.dtype));
       }
-      check(cudaEventRecord(s.done, s.stream_), "event");
-      check(cudaEventSynchronize(s.done), "convert");
     }
     items_ += 1;
     ns_ += elapsed_ns(start);
@@ -191,16 +198,17 @@ class CudaStage final : public DeviceStage {
     auto& s = static_cast<CudaSlot&>(slot);
     check(cudaSetDevice(s.gpu), "set device");
     for (uint64_t off = 0; off < len;) {
-      const uint64_t n = std::min(staging_bytes_, len - off);
-      check(cudaEventSynchronize(s.sent), "upload");  // the staging buffer is free again
-      std::memcpy(s.b.staging, host + off, n);
-      check(cudaMemcpyAsync(s.device + at + off, s.b.staging, n, cudaMemcpyHostToDevice, s.stream_),
-            "upload");
-      check(cudaEventRecord(s.sent, s.stream_), "event");
+      const uint64_t n = std::min(half_bytes_, len - off);
+      s.half ^= 1;
+      check(cudaEventSynchronize(s.sent[s.half]), "upload");  // that half is free again
+      uint8_t* staged = s.b.staging + s.half * half_bytes_;
+      std::memcpy(staged, host + off, n);
+      check(cudaMemcpyAsync(s.device + at + off, staged, n, cudaMemcpyHostToDevice, s.stream_), "upload");
+      check(cudaEventRecord(s.sent[s.half], s.stream_), "event");
       h2d_ += n;
       off += n;
     }
-    check(cudaEventSynchronize(s.sent), "upload");
+    check(cudaEventSynchronize(s.sent[s.half]), "upload");
   }
 
   void wait(Slot& slot) override {
@@ -235,9 +243,9 @@ class CudaStage final : public DeviceStage {
     check(cudaSetDevice(s->gpu), "set device");
     check(cudaStreamCreateWithFlags(&s->stream_, cudaStreamNonBlocking), "stream");
     s->stream = s->stream_;
-    for (cudaEvent_t* e : {&s->sent, &s->done})
+    for (cudaEvent_t* e : {&s->sent[0], &s->sent[1], &s->done})
       check(cudaEventCreateWithFlags(e, cudaEventBlockingSync | cudaEventDisableTiming), "event");
-    check(cudaEventRecord(s->sent, s->stream_), "event");  // "nothing in flight" to begin with
+    for (cudaEvent_t e : s->sent) check(cudaEventRecord(e, s->stream_), "event");  // nothing in flight yet
     check(cudaHostAlloc(reinterpret_cast<void**>(&s->b.staging), staging_bytes_, cudaHostAllocDefault),
           "pinned allocation");
     uint8_t* out = nullptr;
@@ -285,19 +293,21 @@ class CudaStage final : public DeviceStage {
     const bool scaled = p.scale.info != nullptr;
     const Cost cost{dtype_size(p.input.info->dtype), scaled ? p.scheme.grid_cols * dtype_size(p.scale.info->dtype) : 0,
                     scaled ? p.scheme.block_rows : 1};
-    if (cost.of(1, 1) > staging_bytes_)
-      fail(ErrorKind::Usage, "CUDA staging buffer of {} bytes cannot hold one row of '{}'", staging_bytes_,
+    const uint64_t cap = half_bytes_;
+    if (cost.of(1, 1) > cap)
+      fail(ErrorKind::Usage, "CUDA staging buffer of {} bytes cannot hold one element of '{}'", staging_bytes_,
            t.out.name);
     uint64_t w = r.cols;
-    while (w > 1 && cost.of(1, w) > staging_bytes_) w = (w + 1) / 2;
+    while (w > 1 && cost.of(1, w) > cap) w = (w + 1) / 2;
     for (uint64_t c = 0; c < r.cols; c += w) {
       const uint64_t cw = std::min(w, r.cols - c);
       uint64_t n = 1;
-      while (n < r.rows && cost.of(n * 2, cw) <= staging_bytes_) n *= 2;
+      while (n < r.rows && cost.of(n * 2, cw) <= cap) n *= 2;
       for (uint64_t k = 0; k < r.rows; k += n) {
         const uint64_t rows = std::min(n, r.rows - k);
-        if (s.cursor + cost.of(rows, cw) > staging_bytes_) {
-          check(cudaEventSynchronize(s.sent), "copy to device");  // staging free again
+        if (s.cursor + cost.of(rows, cw) > cap) {  // fill the other half while this one's copy runs
+          s.half ^= 1;
+          check(cudaEventSynchronize(s.sent[s.half]), "copy to device");
           s.cursor = 0;
         }
         batch(s, t, r, in, k, rows, c, cw, cost, dst, out);
@@ -313,11 +323,12 @@ class CudaStage final : public DeviceStage {
     if (options_.fail_at_batch && ++batches_ == options_.fail_at_batch)
       fail_cuda("copy to device", "injected failure (StageOptions::fail_at_batch)");
     const uint64_t row = r.row0 + k, col = r.col0 + c, row_bytes = cw * cost.es;
-    uint8_t* host = s.b.staging + s.cursor;
+    const uint64_t base = s.half * half_bytes_ + s.cursor;  // the same offset in both buffers
+    uint8_t* host = s.b.staging + base;
     for (uint64_t j = 0; j < rows; ++j) std::memcpy(host + j * row_bytes, in.input(p, r.index, row + j, col), row_bytes);
     uint64_t used = align_up(rows * row_bytes);
     Convert cv;
-    cv.src = s.b.device_in + s.cursor;
+    cv.src = s.b.device_in + base;
     cv.src_dtype = source_dtype(p);
     cv.rows = rows;
     cv.cols = cw;
@@ -327,7 +338,7 @@ class CudaStage final : public DeviceStage {
       const uint64_t g0 = row / d.block_rows, g1 = (row + rows - 1) / d.block_rows + 1;
       for (uint64_t g = g0; g < g1; ++g)
         std::memcpy(host + used + (g - g0) * cost.grid_row_bytes, in.scale_row(p, r.index, g), cost.grid_row_bytes);
-      cv.scales = s.b.device_in + s.cursor + used;
+      cv.scales = s.b.device_in + base + used;
       cv.scale_dtype = p.scale.info->dtype;
       cv.block_rows = d.block_rows;
       cv.block_cols = d.block_cols;
@@ -336,8 +347,8 @@ class CudaStage final : public DeviceStage {
       cv.col_phase = col;
       used += align_up((g1 - g0) * cost.grid_row_bytes);
     }
-    check(cudaMemcpyAsync(s.b.device_in + s.cursor, host, used, cudaMemcpyHostToDevice, s.stream_), "copy to device");
-    check(cudaEventRecord(s.sent, s.stream_), "event");
+    check(cudaMemcpyAsync(s.b.device_in + base, host, used, cudaMemcpyHostToDevice, s.stream_), "copy to device");
+    check(cudaEventRecord(s.sent[s.half], s.stream_), "event");
     h2d_ += used;
     s.cursor += used;
     const uint64_t len = t.row_len;
@@ -379,7 +390,7 @@ class CudaStage final : public DeviceStage {
 
   StageOptions options_;
   DeviceStats stats_;
-  uint64_t slots_ = 0, out_bytes_ = 0, scales_at_ = 0, staging_bytes_ = 0;
+  uint64_t slots_ = 0, out_bytes_ = 0, scales_at_ = 0, staging_bytes_ = 0, half_bytes_ = 0;
   oneapi::tbb::concurrent_queue<CudaSlot*> free_;
   std::mutex mu_;
   std::vector<std::unique_ptr<CudaSlot>> owned_;

@@ -48,17 +48,36 @@ __device__ void store_bits(void* dst, DType t, uint64_t i, uint32_t b) {
   else static_cast<uint16_t*>(dst)[i] = static_cast<uint16_t>(b);
 }
 
-// The output bits of source element (r, c) of a rectangle. Grid arithmetic in 32 bits (convert()
-// checks that it fits): 64-bit division is a software routine on the GPU.
+// The scale of source element (r, c): grid arithmetic in 32 bits (convert() checks that it fits),
+// since 64-bit division is a software routine on the GPU.
+__device__ float scale_of(const Convert& d, uint32_t r, uint32_t c) {
+  const uint32_t gr = (static_cast<uint32_t>(d.row_phase) + r) / static_cast<uint32_t>(d.block_rows);
+  const uint32_t gc = (static_cast<uint32_t>(d.col_phase) + c) / static_cast<uint32_t>(d.block_cols);
+  return scale_at(d.scales, d.scale_dtype, uint64_t{gr} * d.grid_cols + gc);
+}
+
+// A decoded FP8 value `w` under scale `s` as a 16-bit output (BF16 or F16).
+__device__ uint16_t out16(const Convert& d, float w, float s) {
+  const float v = elem::mul(w, s);
+  return d.out == DType::BF16 ? elem::float_to_bf16(v) : elem::float_to_f16(v);
+}
+
+// The 256 codes of the rectangle's FP8 format, decoded once per thread block into shared memory
+// (by the same element functions): a lookup then replaces each element's decoding.
+__device__ void decode_table(const Convert& d, float* table) {
+  const uint32_t threads = blockDim.x * blockDim.y;
+  for (uint32_t k = threadIdx.y * blockDim.x + threadIdx.x; k < 256; k += threads)
+    table[k] = d.src_dtype == DType::F8_E4M3 ? elem::e4m3_to_float(static_cast<uint8_t>(k))
+                                              : elem::e5m2_to_float(static_cast<uint8_t>(k));
+  __syncthreads();
+}
+
+// The output bits of source element (r, c) of a rectangle.
 __device__ uint32_t element_bits(const Convert& d, uint32_t r, uint32_t c) {
   const uint64_t i = uint64_t{r} * d.src_stride + c;
   if (!d.scales && d.src_dtype == d.out) return load_bits(d.src, d.src_dtype, i);
   float v = load(d.src, d.src_dtype, i);
-  if (d.scales) {
-    const uint32_t gr = (static_cast<uint32_t>(d.row_phase) + r) / static_cast<uint32_t>(d.block_rows);
-    const uint32_t gc = (static_cast<uint32_t>(d.col_phase) + c) / static_cast<uint32_t>(d.block_cols);
-    v = elem::mul(v, scale_at(d.scales, d.scale_dtype, uint64_t{gr} * d.grid_cols + gc));
-  }
+  if (d.scales) v = elem::mul(v, scale_of(d, r, c));
   switch (d.out) {
     case DType::BF16: return elem::float_to_bf16(v);
     case DType::F16: return elem::float_to_f16(v);
@@ -66,8 +85,9 @@ __device__ uint32_t element_bits(const Convert& d, uint32_t r, uint32_t c) {
   }
 }
 
-// One thread per element of a 32×32 tile; the tile goes through shared memory when transposed,
-// so that both the source reads and the output writes are coalesced.
+// The generic kernel, for every Convert: one thread per element of a 32×32 tile; the tile goes
+// through shared memory when transposed, so that both the source reads and the output writes
+// are coalesced.
 constexpr int kTile = 32;
 
 __global__ void convert_kernel(Convert d) {
@@ -85,6 +105,112 @@ __global__ void convert_kernel(Convert d) {
   const uint64_t tr = blockIdx.x * uint64_t{kTile} + threadIdx.y;  // output row = input column
   const uint64_t tc = blockIdx.y * uint64_t{kTile} + threadIdx.x;  // output column = input row
   if (tr < d.cols && tc < d.rows) store_bits(d.dst, d.out, tr * d.dst_stride + tc, tile[threadIdx.x][threadIdx.y]);
+}
+
+// The FP8 -> 16-bit kernels below move runs of 16 codes: one 16-byte load, two 16-byte stores,
+// where the rectangle's pointers and strides allow (`aligned`); the scale is looked up once per
+// run where its 16 elements share one (`uniform`). Elsewhere — ragged edges, odd strides — the
+// same threads go element by element, so any rectangle is right.
+constexpr uint32_t kRun = 16;
+
+__device__ uint8_t byte_of(const uint4& v, int k) {
+  const uint32_t w = k < 4 ? v.x : k < 8 ? v.y : k < 12 ? v.z : v.w;
+  return static_cast<uint8_t>(w >> (8 * (k % 4)));
+}
+
+__device__ void store_run(uint16_t* dst, const uint32_t (&pairs)[kRun / 2]) {
+  reinterpret_cast<uint4*>(dst)[0] = make_uint4(pairs[0], pairs[1], pairs[2], pairs[3]);
+  reinterpret_cast<uint4*>(dst)[1] = make_uint4(pairs[4], pairs[5], pairs[6], pairs[7]);
+}
+
+// Untransposed: a thread per run of a row; a warp covers 32 consecutive runs (512 codes).
+__global__ void fp8_rows_kernel(Convert d, bool aligned, bool uniform) {
+  __shared__ float decoded[256];
+  decode_table(d, decoded);
+  const uint32_t r = blockIdx.y * blockDim.y + threadIdx.y;
+  const uint32_t c0 = (blockIdx.x * blockDim.x + threadIdx.x) * kRun;
+  if (r >= d.rows || c0 >= d.cols) return;
+  const uint8_t* src = static_cast<const uint8_t*>(d.src) + uint64_t{r} * d.src_stride + c0;
+  uint16_t* dst = static_cast<uint16_t*>(d.dst) + uint64_t{r} * d.dst_stride + c0;
+  if (aligned && c0 + kRun <= d.cols) {
+    const uint4 in = *reinterpret_cast<const uint4*>(src);
+    const float su = uniform ? scale_of(d, r, c0) : 0.0f;
+    uint32_t pairs[kRun / 2];
+#pragma unroll
+    for (int k = 0; k < static_cast<int>(kRun); k += 2) {
+      const uint16_t lo = out16(d, decoded[byte_of(in, k)], uniform ? su : scale_of(d, r, c0 + k));
+      const uint16_t hi = out16(d, decoded[byte_of(in, k + 1)], uniform ? su : scale_of(d, r, c0 + k + 1));
+      pairs[k / 2] = lo | static_cast<uint32_t>(hi) << 16;
+    }
+    store_run(dst, pairs);
+    return;
+  }
+  for (uint32_t c = c0; c < c0 + kRun && c < d.cols; ++c) dst[c - c0] = out16(d, decoded[src[c - c0]], scale_of(d, r, c));
+}
+
+// Transposed (an expert into its slot): 256 threads per 64×64 tile. Each thread converts one run
+// of an input row into shared memory, then writes one run of an output row (an input column).
+constexpr uint32_t kBig = 64;
+
+// The second half of a transposing tile: each thread writes one run of an output row (an input
+// column) from the tile, 16-byte stores where aligned.
+__device__ void store_transposed(const Convert& d, const uint16_t (&tile)[kBig][kBig + 2], bool aligned) {
+  const uint32_t r0 = blockIdx.y * kBig, c0 = blockIdx.x * kBig, t = threadIdx.x;
+  const uint32_t j = t / 4, i0 = (t % 4) * kRun, out_row = c0 + j, out_col = r0 + i0;
+  if (out_row >= d.cols || out_col >= d.rows) return;
+  uint16_t* dst = static_cast<uint16_t*>(d.dst) + uint64_t{out_row} * d.dst_stride + out_col;
+  if (aligned && out_col + kRun <= d.rows) {
+    uint32_t pairs[kRun / 2];
+#pragma unroll
+    for (int k = 0; k < static_cast<int>(kRun); k += 2)
+      pairs[k / 2] = tile[i0 + k][j] | static_cast<uint32_t>(tile[i0 + k + 1][j]) << 16;
+    store_run(dst, pairs);
+    return;
+  }
+  for (uint32_t k = 0; k < kRun && out_col + k < d.rows; ++k) dst[k] = tile[i0 + k][j];
+}
+
+__global__ void fp8_transpose_kernel(Convert d, bool aligned, bool uniform) {
+  __shared__ uint16_t tile[kBig][kBig + 2];  // +2: the column reads spread over the banks
+  __shared__ float decoded[256];
+  decode_table(d, decoded);
+  const uint32_t r0 = blockIdx.y * kBig, c0 = blockIdx.x * kBig, t = threadIdx.x;
+  const uint32_t i = t / 4, j0 = (t % 4) * kRun, r = r0 + i, c = c0 + j0;
+  if (r < d.rows && c < d.cols) {
+    const uint8_t* src = static_cast<const uint8_t*>(d.src) + uint64_t{r} * d.src_stride + c;
+    if (aligned && c + kRun <= d.cols) {
+      const uint4 in = *reinterpret_cast<const uint4*>(src);
+      const float su = uniform ? scale_of(d, r, c) : 0.0f;
+#pragma unroll
+      for (int k = 0; k < static_cast<int>(kRun); ++k)
+        tile[i][j0 + k] = out16(d, decoded[byte_of(in, k)], uniform ? su : scale_of(d, r, c + k));
+    } else {
+      for (uint32_t k = 0; k < kRun && c + k < d.cols; ++k)
+        tile[i][j0 + k] = out16(d, decoded[src[k]], scale_of(d, r, c + k));
+    }
+  }
+  __syncthreads();
+  store_transposed(d, tile, aligned);
+}
+
+// A 16-bit transpose with no conversion (BF16 -> BF16, F16 -> F16: experts out of their slots).
+__global__ void copy16_transpose_kernel(Convert d, bool aligned) {
+  __shared__ uint16_t tile[kBig][kBig + 2];
+  const uint32_t r0 = blockIdx.y * kBig, c0 = blockIdx.x * kBig, t = threadIdx.x;
+  const uint32_t i = t / 4, j0 = (t % 4) * kRun, r = r0 + i, c = c0 + j0;
+  if (r < d.rows && c < d.cols) {
+    const uint16_t* src = static_cast<const uint16_t*>(d.src) + uint64_t{r} * d.src_stride + c;
+    if (aligned && c + kRun <= d.cols) {
+      const uint4 a = reinterpret_cast<const uint4*>(src)[0], b = reinterpret_cast<const uint4*>(src)[1];
+      const uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int k = 0; k < static_cast<int>(kRun); ++k) tile[i][j0 + k] = static_cast<uint16_t>(w[k / 2] >> (16 * (k % 2)));
+    } else {
+      for (uint32_t k = 0; k < kRun && c + k < d.cols; ++k) tile[i][j0 + k] = src[k];
+    }
+  }
+  __syncthreads();
+  store_transposed(d, tile, aligned);
 }
 
 // Block 128×128 export: one thread block per scale block; the finite amax by a shared-memory
@@ -165,17 +291,36 @@ void convert(const Convert& c, void* stream) {
                    c.col_phase + c.cols >= k32 || c.block_rows >= k32 || c.block_cols >= k32))
     fail_cuda("convert", "a scale grid outside the kernel's 32-bit range");
   if (c.cols >= k32) fail_cuda("convert", "a rectangle wider than the kernel's 32-bit range");
+  // FP8 to a 16-bit output and 16-bit transposes have the run kernels; the rest the generic one.
+  const bool out16 = c.out == DType::BF16 || c.out == DType::F16;
+  const bool copy16 = !c.scales && c.src_dtype == c.out && out16 && c.transpose;
+  const bool runs = (c.scales && out16) || copy16;
+  const auto at16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool aligned = at16(c.src) && (c.src_stride * dtype_bytes(c.src_dtype)) % 16 == 0 && at16(c.dst) &&
+                       c.dst_stride % 8 == 0;
+  const bool uniform = c.scales && ((c.block_cols % kRun == 0 && c.col_phase % kRun == 0) ||
+                                    c.col_phase + c.cols <= c.block_cols);
+  const uint64_t rows_per_block = !runs ? kTile : c.transpose ? kBig : 8;
   // Grid y is limited to 65535 blocks: taller rectangles go in bands.
-  constexpr uint64_t kBandRows = 65535ull * kTile;
-  for (uint64_t r0 = 0; r0 < c.rows; r0 += kBandRows) {
+  const uint64_t band_rows = 65535ull * rows_per_block;
+  for (uint64_t r0 = 0; r0 < c.rows; r0 += band_rows) {
     Convert band = c;
-    band.rows = c.rows - r0 < kBandRows ? c.rows - r0 : kBandRows;
+    band.rows = c.rows - r0 < band_rows ? c.rows - r0 : band_rows;
     band.row_phase = c.row_phase + r0;
     band.src = static_cast<const uint8_t*>(c.src) + r0 * c.src_stride * dtype_bytes(c.src_dtype);
     band.dst = static_cast<uint8_t*>(c.dst) +
                (c.transpose ? r0 : r0 * c.dst_stride) * dtype_bytes(c.out);
-    const dim3 block(kTile, kTile), grid(blocks_of(band.cols, kTile), blocks_of(band.rows, kTile));
-    convert_kernel<<<grid, block, 0, as_stream(stream)>>>(band);
+    if (!runs) {
+      const dim3 block(kTile, kTile), grid(blocks_of(band.cols, kTile), blocks_of(band.rows, kTile));
+      convert_kernel<<<grid, block, 0, as_stream(stream)>>>(band);
+    } else if (c.transpose) {
+      const dim3 grid(blocks_of(band.cols, kBig), blocks_of(band.rows, kBig));
+      if (copy16) copy16_transpose_kernel<<<grid, kBig * kBig / kRun, 0, as_stream(stream)>>>(band, aligned);
+      else fp8_transpose_kernel<<<grid, kBig * kBig / kRun, 0, as_stream(stream)>>>(band, aligned, uniform);
+    } else {
+      const dim3 block(32, 8), grid(blocks_of(blocks_of(band.cols, kRun), 32), blocks_of(band.rows, 8));
+      fp8_rows_kernel<<<grid, block, 0, as_stream(stream)>>>(band, aligned, uniform);
+    }
     check(cudaGetLastError(), "convert");
   }
 }

@@ -24,8 +24,9 @@ struct DeviceStats {
   uint64_t h2d_bytes = 0, d2h_bytes = 0;
   uint64_t device_bytes = 0;   // device memory the stage allocated (peak)
   uint64_t pinned_bytes = 0;   // pinned host memory it allocated (peak)
-  double seconds = 0;          // time items spent in the stage, summed over threads
+  double seconds = 0;          // host time in the stage (staging, enqueueing), summed over threads
   double setup_seconds = 0;    // of which allocating streams, pinned and device buffers
+  double init_seconds = 0;     // starting the device's context, before the run
 };
 
 class DeviceStage {
@@ -52,13 +53,14 @@ class DeviceStage {
 
   // Output elements [first, last) of plan.tensors[index] (an FP8 export's codes, and the scales
   // it determines from scales_at) into the slot's device buffer, and — with `to_host` — its host
-  // buffer. Returns when they are there; an FP8 export returns the scale elements it wrote.
+  // buffer. Returns once the work is enqueued on the slot's stream (`wait` for it); an FP8 export
+  // returns the scale elements it will have written.
   virtual ScaleRange transform(Slot& slot, const Plan& plan, size_t index, uint64_t first, uint64_t last,
                                const ItemInputs& in, AmaxCache& amax, bool to_host) = 0;
   // `len` host bytes to byte `at` of the slot's device buffer (for a device sink, of an item the
   // CPU produced or copied); returns when they are there.
   virtual void upload(Slot& slot, uint64_t at, const uint8_t* host, uint64_t len) = 0;
-  // Waits for the work a sink enqueued on the slot's stream.
+  // Waits for the work enqueued on the slot's stream: the transform's, then a device sink's.
   virtual void wait(Slot& slot) = 0;
 
   virtual DeviceStats stats() const = 0;

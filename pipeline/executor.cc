@@ -1,6 +1,7 @@
 #include "pipeline/executor.h"
 
 #include <oneapi/tbb/concurrent_queue.h>
+#include <thread>
 #include <oneapi/tbb/flow_graph.h>
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/task_arena.h>
@@ -458,6 +459,11 @@ class Run {
     return it;
   }
 
+  // Waits for the device work of an item (on the waiter's thread, not a worker's).
+  void await(const Item& it) {
+    if (it.on_device) guarded([&] { device_->wait(*it.slot); });
+  }
+
   // Delivers the bytes to the sink, releases the inputs consumed, returns the buffers.
   void write(Item it) {
     if (!failed_) {
@@ -557,6 +563,47 @@ class Run {
 
 }  // namespace
 
+namespace {
+
+using AwaitNode = flow::async_node<Item, Item>;
+
+// Items whose device work is still running wait here, in order, on a thread of their own, so that
+// no worker of the graph sleeps on a stream: the workers read, stage and write other items
+// meanwhile. Each item goes back into the graph (to `write`) once its stream is done.
+class DeviceWaiter {
+ public:
+  explicit DeviceWaiter(Run& run) : run_(run), thread_([this] { loop(); }) {}
+  ~DeviceWaiter() {
+    queue_.push({});  // the end
+    thread_.join();
+  }
+  void push(const Item& it, AwaitNode::gateway_type& gateway) {
+    gateway.reserve_wait();
+    queue_.push({it, &gateway});
+  }
+
+ private:
+  struct Entry {
+    Item it;
+    AwaitNode::gateway_type* gateway = nullptr;
+  };
+  void loop() {
+    for (;;) {
+      Entry e;
+      queue_.pop(e);
+      if (!e.gateway) return;
+      run_.await(e.it);
+      e.gateway->try_put(e.it);
+      e.gateway->release_wait();
+    }
+  }
+  Run& run_;
+  oneapi::tbb::concurrent_bounded_queue<Entry> queue_;
+  std::thread thread_;
+};
+
+}  // namespace
+
 ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& opt) {
   ExecStats stats;
   stats.threads = opt.threads ? opt.threads : static_cast<unsigned>(oneapi::tbb::info::default_concurrency());
@@ -567,6 +614,8 @@ ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& opt) {
   stats.buffers = std::max<uint64_t>(2, std::min(stats.buffers, opt.memory_budget / (2 * buffer)));
   Run run(plan, sink, opt, stats);
   run.start();
+  std::optional<DeviceWaiter> waiter;
+  if (opt.device) waiter.emplace(run);
   oneapi::tbb::task_arena arena(static_cast<int>(stats.threads));
   arena.execute([&] {
     flow::graph g;
@@ -578,6 +627,10 @@ ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& opt) {
     flow::limiter_node<Item> limiter(g, stats.buffers);
     flow::function_node<Item, Item> read(g, flow::unlimited, [&](Item it) { return run.read(it); });
     flow::function_node<Item, Item> transform(g, flow::unlimited, [&](Item it) { return run.transform(it); });
+    AwaitNode await(g, flow::unlimited, [&](const Item& it, AwaitNode::gateway_type& gateway) {
+      if (it.on_device) waiter->push(it, gateway);
+      else gateway.try_put(it);
+    });
     flow::function_node<Item, flow::continue_msg> write(g, flow::unlimited, [&](Item it) {
       run.write(it);
       return flow::continue_msg();
@@ -585,11 +638,13 @@ ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& opt) {
     flow::make_edge(source, limiter);
     flow::make_edge(limiter, read);
     flow::make_edge(read, transform);
-    flow::make_edge(transform, write);
+    flow::make_edge(transform, await);
+    flow::make_edge(await, write);
     flow::make_edge(write, limiter.decrementer());
     source.activate();
     g.wait_for_all();
   });
+  waiter.reset();
   run.finish(stats);
   return stats;
 }

@@ -17,6 +17,7 @@ nlohmann::ordered_json summary_json(const ConvertSummary& s, const SummaryLabels
           {"stage_seconds", {{"read", s.exec.read_s}, {"dequantize", s.exec.transform_s}, {"write", s.exec.write_s}}}};
   if (const auto& d = s.exec.device)
     j["device_stage"] = {{"items", d->items}, {"seconds", d->seconds}, {"setup_seconds", d->setup_seconds},
+                         {"init_seconds", d->init_seconds},
                          {"h2d_bytes", d->h2d_bytes},
                          {"d2h_bytes", d->d2h_bytes}, {"device_memory_bytes", d->device_bytes},
                          {"pinned_bytes", d->pinned_bytes}};

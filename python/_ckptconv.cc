@@ -667,6 +667,7 @@ class Plan {
     d["chunk_bytes"] = w.chunk_bytes;
     d["items_in_flight"] = w.items_in_flight;
     d["isa"] = w.isa;
+    d["device"] = w.device;
     py::dict stages;
     stages["read"] = w.read_s;
     stages["dequantize"] = w.transform_s;
@@ -682,10 +683,11 @@ class Plan {
 Plan make_plan(const std::string& input, const std::string& to, const std::string& family, const std::string& dtype,
                const std::string& mtp, std::optional<long long> ep_rank, long long ep_size,
                const std::string& quantize, py::object max_shard_size, long long threads, py::object memory_budget,
-               const std::string& io, const py::object& remote) {
+               const std::string& io, const py::object& remote, const std::string& device) {
   ckptconv::Options o = make_options(to, family, dtype, mtp, ep_rank, ep_size, quantize, max_shard_size, threads,
                                      memory_budget, io);
   set_remote(o, remote);
+  o.device = device;
   auto core = std::make_shared<Core>();
   core->input = input;
   // The hook outlives no run it reports to: each execution sets core->run first. A weak pointer
@@ -746,7 +748,7 @@ PYBIND11_MODULE(_ckptconv, m) {
 
   m.def("plan", &make_plan, py::arg("input"), py::arg("to"), py::arg("family"), py::arg("dtype"), py::arg("mtp"),
         py::arg("ep_rank"), py::arg("ep_size"), py::arg("quantize"), py::arg("max_shard_size"), py::arg("threads"),
-        py::arg("memory_budget"), py::arg("io"), py::arg("remote") = py::none());
+        py::arg("memory_budget"), py::arg("io"), py::arg("remote") = py::none(), py::arg("device") = "cpu");
 
   py::class_<Stream>(m, "Stream")
       .def("__iter__", [](py::object self) { return self; })

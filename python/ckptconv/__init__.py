@@ -20,7 +20,9 @@ Options (both): to ("dequant" | "native" | "hf"), family ("auto" or a family nam
 "f16" | "f32"), mtp ("auto" | "on" | "off"), ep_rank (None or int), ep_size (int), quantize ("none" |
 "placeholder" | "real"), max_shard_size and memory_budget (bytes, or "5GB" / "1GiB" strings),
 threads (0: all cores), io ("mmap" | "pread"), remote (None, or a dict for an s3:// or http(s)://
-input: concurrency, retries, timeout_s and credentials — see remote_from_env()).
+input: concurrency, retries, timeout_s and credentials — see remote_from_env()), device ("cpu" |
+"cuda" | "cuda:N" | "auto": where dequantization and grouping run; the GPU's results are
+bit-identical; a GPU that cannot be used is an Error of kind "usage" saying why).
 
 Every failure of the library raises ``ckptconv.Error`` (a RuntimeError) whose ``str`` is the one
 line ``ckptconv`` prints after ``ckptconv: ``, with ``.kind`` ("usage", "invalid_input", "io",
@@ -68,6 +70,7 @@ _DEFAULTS: Dict[str, Any] = {
     "memory_budget": "1GiB",
     "io": "mmap",
     "remote": None,
+    "device": "cpu",
 }
 
 
@@ -129,6 +132,7 @@ def _plan(path, opts: Dict[str, Any]):
         memory_budget=opts["memory_budget"],
         io=str(opts["io"]),
         remote=opts["remote"],
+        device=str(opts["device"]),
     )
 
 
@@ -156,6 +160,7 @@ def convert(
     memory_budget="1GiB",
     io: str = "mmap",
     remote: Optional[Dict[str, Any]] = None,
+    device: str = "cpu",
     resume: bool = False,
     overwrite: bool = False,
     progress: Optional[Callable[[int, int], Any]] = None,
@@ -171,7 +176,7 @@ def convert(
     _check_progress(progress)
     opts = dict(to=to, family=family, dtype=dtype, mtp=mtp, ep_rank=ep_rank, ep_size=ep_size,
                 quantize=quantize, max_shard_size=max_shard_size, threads=threads,
-                memory_budget=memory_budget, io=io, remote=remote)
+                memory_budget=memory_budget, io=io, remote=remote, device=device)
     t0 = time.monotonic()
     plan = _plan(input, opts)
     t1 = time.monotonic()

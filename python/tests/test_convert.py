@@ -106,6 +106,7 @@ def test_missing_input_is_the_commands_error(work):
     (dict(quantize="real"), ["--quantize", "real"]),
     (dict(to="native", ep_rank=3, ep_size=2), ["--to", "native", "--ep-rank", "3", "--ep-size", "2"]),
     (dict(memory_budget="1KiB"), ["--memory-budget", "1KiB"]),
+    (dict(device="tpu"), ["--device", "tpu"]),
 ])
 def test_bad_options_are_usage_errors(work, fp8, kwargs, flags):
     with pytest.raises(ckptconv.Error) as e:
@@ -160,3 +161,13 @@ def test_remote_from_env_reads_the_command_lines_variables():
         "aws_access_key_id": "k", "aws_secret_access_key": "s", "aws_region": "eu-west-1",
         "aws_endpoint_url": "http://minio:9000", "bearer_token": "t"}
     assert ckptconv.remote_from_env({}) == {}
+
+
+def test_device_cpu_is_reported_and_an_unusable_gpu_refused(work, fp8):
+    s = ckptconv.convert(fp8, work / "out-cpu", to="native", device="cpu")
+    assert s["device"] == "cpu"
+    if os.environ.get("CKPT_TEST_HAS_GPU"):
+        return
+    with pytest.raises(ckptconv.Error) as e:  # no driver or no device here, or no CUDA in the build
+        ckptconv.convert(fp8, work / "out-gpu", to="native", device="cuda")
+    assert e.value.kind == "usage" and "--device cuda" in str(e.value), str(e.value)

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <random>
 #include <vector>
 
@@ -56,103 +57,109 @@ uint32_t cpu_bits(DType out, float v) {
 }  // namespace
 
 TEST_CASE("dequantization kernels equal the CPU path for every code, scheme and output", "[cuda]") {
-  const uint64_t rows = 300, cols = 200;  // ragged against 128 and 32
-  std::vector<uint8_t> src(rows * cols);
-  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 7 + i / 256);
-  std::mt19937 rng(3);
-  struct Scheme {
-    DType scale;
-    uint64_t br, bc;
-  };
-  for (const Scheme sc : {Scheme{DType::F32, 128, 128}, Scheme{DType::BF16, 128, 128}, Scheme{DType::U8, 1, 32},
-                          Scheme{DType::F32, rows, cols}}) {
-    const uint64_t grid_rows = (rows + sc.br - 1) / sc.br, grid_cols = (cols + sc.bc - 1) / sc.bc;
-    std::vector<uint8_t> scales(grid_rows * grid_cols * dtype_size(sc.scale));
-    for (auto& b : scales) b = static_cast<uint8_t>(rng());
-    if (sc.scale == DType::F32)  // finite, varied magnitudes, some subnormal outputs
-      for (size_t g = 0; g < grid_rows * grid_cols; ++g) {
-        const float f = std::ldexp(1.0f + static_cast<float>(g % 7) / 8, static_cast<int>(g % 40) - 30);
-        std::memcpy(scales.data() + 4 * g, &f, 4);
-      }
-    for (Fp8 f : {Fp8::E4M3, Fp8::E5M2})
+  // Ragged against 128, 64, 32 and 16; the second shape's strides allow 16-byte runs (the run
+  // kernels' vector path), the first's do not (their element path).
+  for (const auto& [rows, cols] : {std::pair<uint64_t, uint64_t>{300, 200}, std::pair<uint64_t, uint64_t>{200, 272}}) {
+    INFO("shape " << rows << "x" << cols);
+    std::vector<uint8_t> src(rows * cols);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 7 + i / 256);
+    std::mt19937 rng(3);
+    struct Scheme {
+      DType scale;
+      uint64_t br, bc;
+    };
+    for (const Scheme sc : {Scheme{DType::F32, 128, 128}, Scheme{DType::BF16, 128, 128}, Scheme{DType::U8, 1, 32},
+                            Scheme{DType::F32, rows, cols}}) {
+      const uint64_t grid_rows = (rows + sc.br - 1) / sc.br, grid_cols = (cols + sc.bc - 1) / sc.bc;
+      std::vector<uint8_t> scales(grid_rows * grid_cols * dtype_size(sc.scale));
+      for (auto& b : scales) b = static_cast<uint8_t>(rng());
+      if (sc.scale == DType::F32)  // finite, varied magnitudes, some subnormal outputs
+        for (size_t g = 0; g < grid_rows * grid_cols; ++g) {
+          const float f = std::ldexp(1.0f + static_cast<float>(g % 7) / 8, static_cast<int>(g % 40) - 30);
+          std::memcpy(scales.data() + 4 * g, &f, 4);
+        }
+      for (Fp8 f : {Fp8::E4M3, Fp8::E5M2})
+        for (DType out : {DType::BF16, DType::F16, DType::F32})
+          for (bool transpose : {false, true}) {
+            INFO("scale " << dtype_name(sc.scale) << " block " << sc.br << "x" << sc.bc << " out " << dtype_name(out)
+                          << " transpose " << transpose);
+            cuda::Convert d;
+            uint8_t* dsrc = to_device(src);
+            uint8_t* dscale = to_device(scales);
+            void* ddst = nullptr;
+            REQUIRE(cudaMalloc(&ddst, rows * cols * 4) == cudaSuccess);
+            d.src = dsrc;
+            d.rows = rows;
+            d.cols = cols;
+            d.src_stride = cols;
+            d.src_dtype = f == Fp8::E4M3 ? DType::F8_E4M3 : DType::F8_E5M2;
+            d.scales = dscale;
+            d.scale_dtype = sc.scale;
+            d.block_rows = sc.br;
+            d.block_cols = sc.bc;
+            d.grid_cols = grid_cols;
+            d.dst = ddst;
+            d.out = out;
+            d.dst_stride = transpose ? rows : cols;
+            d.transpose = transpose;
+            cuda::convert(d, nullptr);
+            const size_t es = dtype_size(out);
+            const auto got = from_device<uint8_t>(ddst, rows * cols * es);
+            uint64_t bad = 0;
+            for (uint64_t r = 0; r < rows; ++r)
+              for (uint64_t c = 0; c < cols; ++c) {
+                const uint64_t at = transpose ? c * rows + r : r * cols + c;
+                uint32_t g = 0;
+                std::memcpy(&g, got.data() + at * es, es);
+                const float v = cpu_value(d, src, scales, r, c);
+                bad += g != cpu_bits(out, v);  // exact: NaN bits too (elem::mul is the CPU's multiply)
+              }
+            CHECK(bad == 0);
+            cudaFree(dsrc);
+            cudaFree(dscale);
+            cudaFree(ddst);
+          }
+    }
+  }
+}
+
+TEST_CASE("cast kernels equal the CPU's cast_run, equal dtypes copied bit for bit", "[cuda]") {
+  std::mt19937 rng(9);
+  // The second shape allows the 16-bit transpose kernel's 16-byte runs, the first does not.
+  for (const auto& [rows, cols] : {std::pair<uint64_t, uint64_t>{70, 90}, std::pair<uint64_t, uint64_t>{96, 80}}) {
+    for (DType from : {DType::BF16, DType::F16, DType::F32})
       for (DType out : {DType::BF16, DType::F16, DType::F32})
         for (bool transpose : {false, true}) {
-          INFO("scale " << dtype_name(sc.scale) << " block " << sc.br << "x" << sc.bc << " out " << dtype_name(out)
-                        << " transpose " << transpose);
-          cuda::Convert d;
+          INFO(rows << "x" << cols << " " << dtype_name(from) << " -> " << dtype_name(out) << " transpose " << transpose);
+          const size_t ies = dtype_size(from), oes = dtype_size(out);
+          std::vector<uint8_t> src(rows * cols * ies);
+          for (auto& b : src) b = static_cast<uint8_t>(rng());  // every class: NaNs with payloads, infs, subnormals
           uint8_t* dsrc = to_device(src);
-          uint8_t* dscale = to_device(scales);
           void* ddst = nullptr;
           REQUIRE(cudaMalloc(&ddst, rows * cols * 4) == cudaSuccess);
+          cuda::Convert d;
           d.src = dsrc;
+          d.src_dtype = from;
           d.rows = rows;
           d.cols = cols;
           d.src_stride = cols;
-          d.src_dtype = f == Fp8::E4M3 ? DType::F8_E4M3 : DType::F8_E5M2;
-          d.scales = dscale;
-          d.scale_dtype = sc.scale;
-          d.block_rows = sc.br;
-          d.block_cols = sc.bc;
-          d.grid_cols = grid_cols;
           d.dst = ddst;
           d.out = out;
           d.dst_stride = transpose ? rows : cols;
           d.transpose = transpose;
           cuda::convert(d, nullptr);
-          const size_t es = dtype_size(out);
-          const auto got = from_device<uint8_t>(ddst, rows * cols * es);
-          uint64_t bad = 0;
+          const auto got = from_device<uint8_t>(ddst, rows * cols * oes);
+          std::vector<uint8_t> want(rows * cols * oes);
           for (uint64_t r = 0; r < rows; ++r)
             for (uint64_t c = 0; c < cols; ++c) {
               const uint64_t at = transpose ? c * rows + r : r * cols + c;
-              uint32_t g = 0;
-              std::memcpy(&g, got.data() + at * es, es);
-              const float v = cpu_value(d, src, scales, r, c);
-              bad += g != cpu_bits(out, v);  // exact: NaN bits too (elem::mul is the CPU's multiply)
+              cast_run(src.data() + (r * cols + c) * ies, from, 1, want.data() + at * oes, out);
             }
-          CHECK(bad == 0);
+          CHECK(got == want);
           cudaFree(dsrc);
-          cudaFree(dscale);
           cudaFree(ddst);
         }
   }
-}
-
-TEST_CASE("cast kernels equal the CPU's cast_run, equal dtypes copied bit for bit", "[cuda]") {
-  const uint64_t rows = 70, cols = 90;
-  std::mt19937 rng(9);
-  for (DType from : {DType::BF16, DType::F16, DType::F32})
-    for (DType out : {DType::BF16, DType::F16, DType::F32})
-      for (bool transpose : {false, true}) {
-        INFO(dtype_name(from) << " -> " << dtype_name(out) << " transpose " << transpose);
-        const size_t ies = dtype_size(from), oes = dtype_size(out);
-        std::vector<uint8_t> src(rows * cols * ies);
-        for (auto& b : src) b = static_cast<uint8_t>(rng());  // every class: NaNs with payloads, infs, subnormals
-        uint8_t* dsrc = to_device(src);
-        void* ddst = nullptr;
-        REQUIRE(cudaMalloc(&ddst, rows * cols * 4) == cudaSuccess);
-        cuda::Convert d;
-        d.src = dsrc;
-        d.src_dtype = from;
-        d.rows = rows;
-        d.cols = cols;
-        d.src_stride = cols;
-        d.dst = ddst;
-        d.out = out;
-        d.dst_stride = transpose ? rows : cols;
-        d.transpose = transpose;
-        cuda::convert(d, nullptr);
-        const auto got = from_device<uint8_t>(ddst, rows * cols * oes);
-        std::vector<uint8_t> want(rows * cols * oes);
-        for (uint64_t r = 0; r < rows; ++r)
-          for (uint64_t c = 0; c < cols; ++c) {
-            const uint64_t at = transpose ? c * rows + r : r * cols + c;
-            cast_run(src.data() + (r * cols + c) * ies, from, 1, want.data() + at * oes, out);
-          }
-        CHECK(got == want);
-        cudaFree(dsrc);
-        cudaFree(ddst);
-      }
 }
 
 TEST_CASE("FP8 export kernels equal the CPU rules, non-finite values included", "[cuda]") {
