@@ -251,12 +251,45 @@ Selection Selection::shards(const Conversion& c, const std::vector<uint32_t>& sh
 
 // ---------------------------------------------------------------------------------------------
 
-struct MemorySink::State {
-  Allocate allocate;
-  Ready ready;
+namespace {
+
+// The bookkeeping of a sink that assembles whole tensors in the caller's memory (host or device):
+// one allocation per tensor, before its first byte, and `ready` once it is whole.
+struct Assembly {
+  std::function<void*(const TensorDesc&)> allocate;
+  std::function<void(const TensorDesc&, void*)> ready;
   std::mutex mu;
   std::unordered_map<size_t, void*> buffers;  // tensors being assembled (nullptr: skipped)
+
+  // The tensor's memory (nullptr: skipped). The allocation happens under the lock so that a
+  // tensor gets exactly one; the caller's copy does not.
+  void* buffer(const TensorDesc& t) {
+    std::lock_guard lock(mu);
+    auto [it, fresh] = buffers.try_emplace(t.index, nullptr);
+    if (fresh) it->second = allocate(t);
+    return it->second;
+  }
+
+  void complete(const TensorDesc& t) {
+    void* data = nullptr;
+    {
+      std::lock_guard lock(mu);
+      const auto it = buffers.find(t.index);
+      if (it == buffers.end()) {  // no bytes were written: a tensor of 0 bytes
+        data = allocate(t);
+      } else {
+        data = it->second;
+        buffers.erase(it);
+        if (!data) return;  // skipped
+      }
+    }
+    ready(t, data);
+  }
 };
+
+}  // namespace
+
+struct MemorySink::State : Assembly {};
 
 MemorySink::MemorySink(Allocate allocate, Ready ready) : state_(std::make_unique<State>()) {
   state_->allocate = std::move(allocate);
@@ -266,32 +299,10 @@ MemorySink::MemorySink(Allocate allocate, Ready ready) : state_(std::make_unique
 MemorySink::~MemorySink() = default;
 
 void MemorySink::write(const TensorDesc& t, uint64_t offset, const void* data, uint64_t len) {
-  void* dst = nullptr;
-  {
-    // The allocation happens under the lock so that a tensor gets exactly one; the copy does not.
-    std::lock_guard lock(state_->mu);
-    auto [it, fresh] = state_->buffers.try_emplace(t.index, nullptr);
-    if (fresh) it->second = state_->allocate(t);
-    dst = it->second;
-  }
-  if (dst) std::memcpy(static_cast<uint8_t*>(dst) + offset, data, len);
+  if (void* dst = state_->buffer(t)) std::memcpy(static_cast<uint8_t*>(dst) + offset, data, len);
 }
 
-void MemorySink::complete(const TensorDesc& t) {
-  void* data = nullptr;
-  {
-    std::lock_guard lock(state_->mu);
-    const auto it = state_->buffers.find(t.index);
-    if (it == state_->buffers.end()) {  // no bytes were written: a tensor of 0 bytes
-      data = state_->allocate(t);
-    } else {
-      data = it->second;
-      state_->buffers.erase(it);
-      if (!data) return;  // skipped
-    }
-  }
-  state_->ready(t, data);
-}
+void MemorySink::complete(const TensorDesc& t) { state_->complete(t); }
 
 // ---------------------------------------------------------------------------------------------
 
@@ -299,12 +310,7 @@ void DeviceTensorSink::write(const TensorDesc& t, uint64_t, const void*, uint64_
   throw Error(ErrorKind::Usage, "a device sink got host bytes of '" + t.name + "': run it with Options::device a GPU");
 }
 
-struct DeviceMemorySink::State {
-  Allocate allocate;
-  Ready ready;
-  std::mutex mu;
-  std::unordered_map<size_t, void*> buffers;  // tensors being assembled (nullptr: skipped)
-};
+struct DeviceMemorySink::State : Assembly {};
 
 DeviceMemorySink::DeviceMemorySink(Allocate allocate, Ready ready) : state_(std::make_unique<State>()) {
   state_->allocate = std::move(allocate);
@@ -315,13 +321,7 @@ DeviceMemorySink::~DeviceMemorySink() = default;
 
 void DeviceMemorySink::write_device(const TensorDesc& t, uint64_t offset, const void* data, uint64_t len,
                                     void* stream) {
-  void* dst = nullptr;
-  {
-    std::lock_guard lock(state_->mu);  // one allocation per tensor, as in MemorySink
-    auto [it, fresh] = state_->buffers.try_emplace(t.index, nullptr);
-    if (fresh) it->second = state_->allocate(t);
-    dst = it->second;
-  }
+  void* dst = state_->buffer(t);
   if (!dst) return;
 #if defined(CKPT_HAVE_CUDA)
   translated([&] { ckpt::cuda::copy_async(static_cast<uint8_t*>(dst) + offset, data, len, stream); });
@@ -331,21 +331,7 @@ void DeviceMemorySink::write_device(const TensorDesc& t, uint64_t offset, const 
 #endif
 }
 
-void DeviceMemorySink::complete(const TensorDesc& t) {
-  void* data = nullptr;
-  {
-    std::lock_guard lock(state_->mu);
-    const auto it = state_->buffers.find(t.index);
-    if (it == state_->buffers.end()) {  // no bytes were written: a tensor of 0 bytes
-      data = state_->allocate(t);
-    } else {
-      data = it->second;
-      state_->buffers.erase(it);
-      if (!data) return;  // skipped
-    }
-  }
-  state_->ready(t, data);
-}
+void DeviceMemorySink::complete(const TensorDesc& t) { state_->complete(t); }
 
 // ---------------------------------------------------------------------------------------------
 
