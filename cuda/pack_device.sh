@@ -11,9 +11,10 @@ source .ci/deps.sh
 ckpt_install_deps >/dev/null
 cmake -S . -B build-dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DCKPT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="80;90" \
   -DCKPT_MPI=OFF -DCMAKE_DISABLE_FIND_PACKAGE_CURL=ON -DCKPT_PYTHON=OFF >/dev/null
-cmake --build build-dev -j"$(nproc)" --target ckptconv ckpt_cuda_tests ckpt_bench_cuda
+cmake --build build-dev -j"$(nproc)" --target ckptconv ckpt_cuda_tests ckpt_cuda_api_tests ckpt_bench_cuda
 rm -rf .devrun && mkdir -p .devrun/bin .devrun/lib
-cp build-dev/ckptconv build-dev/cuda/ckpt_cuda_tests build-dev/ckpt_bench_cuda .devrun/bin/
+cp build-dev/ckptconv build-dev/cuda/ckpt_cuda_tests build-dev/cuda/ckpt_cuda_api_tests build-dev/ckpt_bench_cuda .devrun/bin/
+strip --strip-unneeded .devrun/bin/*  # what travels is limited (64 MiB with the tree)
 # Every library the binaries load but the C library itself (the device image has a newer glibc).
 for b in .devrun/bin/*; do ldd "$b"; done | awk '/=> \// { print $3 }' | sort -u |
   grep -v -E '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' | xargs -r cp -L -t .devrun/lib/
