@@ -96,7 +96,7 @@ ConvertOptions convert_options(const ConvertArgs& a) {
       fail_usage("--ep-rank {} is not below --ep-size {}", *a.ep_rank, *a.ep_size);
     if (*dir == Direction::Native && a.quantize != "none") fail_usage("--quantize applies to --to hf only");
   }
-  o.run.device = device_choice(a.device, device_hooks());
+  o.run.device = device_choice(a.device, device_hooks(), local_rank([](const char* n) { return std::getenv(n); }));
   o.plan.direction = *dir;
   o.plan.dtype = *dtype;
   o.plan.max_shard_size = parse_size(a.max_shard, "--max-shard-size");

@@ -2,7 +2,9 @@
 // Options::device in the library. "cpu": the CPU. "cuda" or "cuda:N": that GPU, or Error(Usage)
 // at once — before anything is planned — saying why it cannot be used (no CUDA in this build, no
 // driver, no device, too old a device). "auto": the GPU when this build has CUDA, the plan has
-// work for it (pipeline/device_stage.h: wants_device) and device 0 is usable; else the CPU.
+// work for it (pipeline/device_stage.h: wants_device) and the device is usable; else the CPU.
+// Bare "cuda" and "auto" take device 0 — or, for one of several processes on a node, device
+// local_rank mod the node's device count, so that the ranks spread over its GPUs.
 // Header-only, so that it compiles in every client whether or not the build found CUDA
 // (CKPT_HAVE_CUDA comes with the ckpt_cuda library).
 #pragma once
@@ -37,8 +39,14 @@ struct DeviceHooks {
   uint64_t staging_bytes = 0, fail_at_batch = 0;
 };
 
+// The device a bare "cuda" or "auto" takes: local_rank mod `count` (0 without a local rank).
+inline int device_for(std::optional<uint32_t> local_rank, int count) {
+  return local_rank && count > 0 ? static_cast<int>(*local_rank % static_cast<uint32_t>(count)) : 0;
+}
+
 // The chooser for `device`; empty for the CPU.
-inline DeviceChoice device_choice(const std::string& device, const DeviceHooks& hooks = {}) {
+inline DeviceChoice device_choice(const std::string& device, const DeviceHooks& hooks = {},
+                                  std::optional<uint32_t> local_rank = std::nullopt) {
   const auto index = cuda_index(device);
   if (device == "cpu") return {};
   if (!index && device != "auto") fail_usage("device '{}' is not one of auto, cpu, cuda[:N]", device);
@@ -46,9 +54,9 @@ inline DeviceChoice device_choice(const std::string& device, const DeviceHooks& 
   cuda::StageOptions so;
   so.staging_bytes = hooks.staging_bytes;
   so.fail_at_batch = hooks.fail_at_batch;
+  so.device = device == "cuda" || device == "auto" ? device_for(local_rank, cuda::device_count()) : index.value_or(0);
   if (index) {
-    cuda::usable_device(*index);
-    so.device = *index;
+    cuda::usable_device(so.device);
     return [so](const Plan&) { return std::shared_ptr<DeviceStage>(cuda::open_stage(so)); };
   }
   return [so](const Plan& plan) -> std::shared_ptr<DeviceStage> {
@@ -56,7 +64,7 @@ inline DeviceChoice device_choice(const std::string& device, const DeviceHooks& 
     return cuda::open_stage(so);
   };
 #else
-  (void)hooks;
+  (void)hooks, (void)local_rank;
   if (index)
     fail_usage("--device {}: this build has no CUDA support (no CUDA compiler at build time); use --device cpu", device);
   return {};

@@ -25,6 +25,11 @@ DeviceInfo usable_device(int index) {
   return {index, p.name, p.major, p.minor, static_cast<uint64_t>(p.totalGlobalMem)};
 }
 
+int device_count() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
+}
+
 bool any_usable_device() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) return false;

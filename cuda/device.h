@@ -23,4 +23,7 @@ DeviceInfo usable_device(int index);
 // True when some device passes usable_device (for --device auto).
 bool any_usable_device();
 
+// The devices the driver sees (0 without a driver).
+int device_count();
+
 }  // namespace ckpt::cuda

@@ -50,4 +50,10 @@ Launch detect_launch(std::optional<uint32_t> rank, std::optional<uint32_t> world
   return {};
 }
 
+std::optional<uint32_t> local_rank(const Getenv& env) {
+  for (const char* name : {"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const auto n = number(env, name)) return n;
+  return std::nullopt;
+}
+
 }  // namespace ckpt

@@ -28,4 +28,9 @@ using Getenv = std::function<const char*(const char*)>;
 // for a rank outside its world or a variable that is not a number.
 Launch detect_launch(std::optional<uint32_t> rank, std::optional<uint32_t> world, const Getenv& env);
 
+// This process's rank among those of its node, when the launcher says — torchrun's LOCAL_RANK,
+// OpenMPI's OMPI_COMM_WORLD_LOCAL_RANK, MPICH's MPI_LOCALRANKID, srun's SLURM_LOCALID, first found
+// — so that the ranks of a multi-GPU node each take their own GPU (cuda/choice.h).
+std::optional<uint32_t> local_rank(const Getenv& env);
+
 }  // namespace ckpt

@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 
+#include "cuda/choice.h"
 #include "dist/launch.h"
 #include "formats/error.h"
 #include "pipeline/convert.h"
@@ -97,6 +98,20 @@ TEST_CASE("split: where ranks come from", "[split]") {
     CHECK_THROWS_WITH(detect_launch({}, {}, env_of({{"RANK", "x"}, {"WORLD_SIZE", "2"}})),
                       Catch::Contains("RANK=x: not a rank"));
   }
+}
+
+TEST_CASE("split: each rank of a multi-GPU node takes its own GPU", "[split]") {
+  CHECK_FALSE(local_rank(env_of({})));
+  CHECK(local_rank(env_of({{"LOCAL_RANK", "3"}, {"SLURM_LOCALID", "5"}})) == 3u);  // torchrun's first
+  CHECK(local_rank(env_of({{"OMPI_COMM_WORLD_LOCAL_RANK", "6"}})) == 6u);
+  CHECK(local_rank(env_of({{"MPI_LOCALRANKID", "1"}})) == 1u);
+  CHECK(local_rank(env_of({{"SLURM_LOCALID", "2"}})) == 2u);
+  CHECK_THROWS_AS(local_rank(env_of({{"LOCAL_RANK", "x"}})), Error);
+  // cuda/choice.h: bare "cuda" and "auto" take local_rank mod the node's devices.
+  CHECK(device_for(std::nullopt, 8) == 0);
+  CHECK(device_for(5u, 8) == 5);
+  CHECK(device_for(11u, 8) == 3);
+  CHECK(device_for(3u, 0) == 0);  // no device: the choice fails later, saying why
 }
 
 TEST_CASE("split: ranks share the directory lock; a single writer or a second same rank is refused", "[split]") {
