@@ -1,13 +1,16 @@
 // Executes a plan: a oneTBB flow graph streams work items — row ranges of output tensors, each at
 // most one chunk of output bytes — through
 //
-//   source -> limiter -> read -> dequantize -> write --(token back)--> limiter
+//   source -> limiter -> read -> transform -> await -> write --(token back)--> limiter
 //
 // `read` asks the kernel for the item's input pages (or, under `--io pread`, reads them into a
-// pooled buffer: pipeline/inputs.h), `dequantize` turns them into output bytes
-// in a pooled buffer (copies skip it and are written straight from the input map), and `write`
-// puts the bytes at their final offset in the output shard, then releases the input pages and
-// hands the buffer back. The limiter admits only as many items as there are buffers, so the
+// pooled buffer: pipeline/inputs.h), `transform` turns them into output bytes (dequantized,
+// grouped, cast or FP8-exported) in a pooled buffer — copies skip it and are written straight
+// from the input map — or, with a device stage (pipeline/device_stage.h), enqueues that work on
+// the item's GPU slot; `await` hands such items to a waiter thread until their stream is done
+// (an async_node: no worker sleeps on a GPU), and `write` puts the bytes at their final offset
+// in the output shard (or hands device memory to a device sink), then releases the input pages
+// and hands the buffer back. The limiter admits only as many items as there are buffers, so the
 // bytes in flight are bounded by the memory budget whatever the model size; a 4 GB tensor is just
 // many items. Renaming happens at plan time (names live in the plan), so it needs no node.
 // Items are dealt round-robin from as many output shards as there are threads, because writes
