@@ -73,11 +73,12 @@ class BufferPool {
 // Staging buffers for `--io pread`, recycled like the output buffers.
 class InputsPool {
  public:
+  explicit InputsPool(uint64_t band_bytes) : bands_(band_bytes) {}
   ItemInputs* acquire() {
     ItemInputs* b = nullptr;
     if (free_.try_pop(b)) return b;
     std::lock_guard lock(mu_);
-    return owned_.emplace_back(std::make_unique<ItemInputs>()).get();
+    return owned_.emplace_back(std::make_unique<ItemInputs>(&bands_)).get();
   }
   void release(ItemInputs* b) { free_.push(b); }
   uint64_t bytes_read() {
@@ -88,6 +89,7 @@ class InputsPool {
   }
 
  private:
+  BandCache bands_;
   oneapi::tbb::concurrent_queue<ItemInputs*> free_;
   std::mutex mu_;
   std::vector<std::unique_ptr<ItemInputs>> owned_;
@@ -394,6 +396,7 @@ class Run {
         opt_(opt),
         pread_(opt.io == IoMode::Pread),
         pool_(item_buffer_bytes(plan, stats.chunk_bytes, scales_at_)),
+        staging_(opt.memory_budget / 16),  // rows two items read, kept for the second (inputs.h)
         amax_(plan.tensors.size(), opt.io),
         items_of_(plan, opt.selected, stats.chunk_bytes, opt.lanes ? opt.lanes : stats.threads),
         out_(plan, opt.selected, sink, opt),

@@ -4,27 +4,90 @@
 
 namespace ckpt {
 
+std::list<BandCache::Band>::iterator BandCache::find(const InputFile& f, uint64_t offset, uint64_t len) {
+  return std::find_if(bands_.begin(), bands_.end(),
+                      [&](const Band& b) { return b.file == &f && b.offset == offset && b.len == len; });
+}
+
+bool BandCache::take_or_claim(const InputFile& f, uint64_t offset, uint64_t len, uint8_t* dst) {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    const auto it = find(f, offset, len);
+    if (it == bands_.end()) {
+      bands_.push_back({&f, offset, len});
+      return false;
+    }
+    if (!it->ready) {  // its reader is at it: wait, then look again (it may have given up)
+      read_.wait(lock);
+      continue;
+    }
+    std::copy(it->bytes.begin(), it->bytes.end(), dst);
+    bytes_ -= it->len;
+    bands_.erase(it);
+    return true;
+  }
+}
+
+void BandCache::keep(const InputFile& f, uint64_t offset, const uint8_t* bytes, uint64_t len) {
+  std::lock_guard lock(mu_);
+  const auto it = find(f, offset, len);
+  if (it == bands_.end()) return;
+  if (len > capacity_) {
+    bands_.erase(it);
+  } else {
+    for (auto old = bands_.begin(); bytes_ + len > capacity_ && old != bands_.end();) {
+      if (old->ready) {
+        bytes_ -= old->len;
+        old = bands_.erase(old);
+      } else {
+        ++old;
+      }
+    }
+    it->bytes.assign(bytes, bytes + len);
+    it->ready = true;
+    bytes_ += len;
+  }
+  read_.notify_all();
+}
+
+void BandCache::abandon(const InputFile& f, uint64_t offset, uint64_t len) {
+  std::lock_guard lock(mu_);
+  if (const auto it = find(f, offset, len); it != bands_.end() && !it->ready) bands_.erase(it);
+  read_.notify_all();
+}
+
 ItemInputs::Region ItemInputs::read(const InputFile& f, uint64_t tensor_offset, uint64_t in_cols, uint64_t es,
                                     uint64_t r0, uint64_t r1, uint64_t c0, uint64_t c1) {
-  Region r{used_, r0, c0, 0};
   const uint64_t width = c1 - c0;
-  // A band at least half as wide as the rows is read in one piece, gaps and all: one large read
+  // A band at least half as wide as the rows is read as whole rows, gaps and all: one large read
   // beats many short ones. Narrower bands (a slice of each row) are read row by row, packed.
   const bool whole = 2 * width >= in_cols;
-  const uint64_t bytes = whole ? ((r1 - r0 - 1) * in_cols + width) * es : (r1 - r0) * width * es;
+  Region r{used_, r0, whole ? 0 : c0, (whole ? in_cols : width) * es};
+  const uint64_t bytes = (r1 - r0) * r.stride;
   if (buf_.size() < used_ + bytes) buf_.resize(used_ + bytes);
   uint8_t* dst = buf_.data() + used_;
+  used_ += bytes;
   if (whole) {
-    r.stride = in_cols * es;
-    f.read(tensor_offset + (r0 * in_cols + c0) * es, bytes, dst);
+    const uint64_t at = tensor_offset + r0 * in_cols * es;
+    // Rows read for part of their width are read again by the item that needs the rest.
+    if (bands_ && width < in_cols) {
+      if (bands_->take_or_claim(f, at, bytes, dst)) return r;
+      try {
+        f.read(at, bytes, dst);
+      } catch (...) {
+        bands_->abandon(f, at, bytes);
+        throw;
+      }
+      bands_->keep(f, at, dst, bytes);
+    } else {
+      f.read(at, bytes, dst);
+    }
   } else {
-    r.stride = width * es;
     std::vector<InputFile::Range> rows;
     for (uint64_t row = r0; row < r1; ++row, dst += r.stride)
       rows.push_back({tensor_offset + (row * in_cols + c0) * es, r.stride, dst});
     f.read_many(rows);
   }
-  used_ += bytes;
   bytes_read_ += bytes;
   return r;
 }

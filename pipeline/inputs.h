@@ -5,7 +5,10 @@
 // and gets a pointer either way, so the numerics never know which I/O mode ran.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <list>
+#include <mutex>
 #include <vector>
 
 #include "pipeline/plan.h"
@@ -14,8 +17,39 @@ namespace ckpt {
 
 enum class IoMode : uint8_t { Mmap, Pread };
 
+// Whole-row bands that two items read: the gate and up halves of a fused expert tensor (`--to
+// hf` from a native checkpoint) each need every row of it, half of each row, and a band that wide
+// is read whole. The first reader of a band claims it and keeps a copy once read; the second —
+// waiting if the first is still reading — takes the copy instead of reading (for a remote input:
+// fetching) the rows again. Bounded: past `capacity` bytes the oldest copies go.
+class BandCache {
+ public:
+  explicit BandCache(uint64_t capacity) : capacity_(capacity) {}
+  // Copies the band at `offset` of `f` into `dst` and forgets it (true), or makes the caller its
+  // reader (false), who then calls `keep` with the bytes — or `abandon` if the read failed.
+  bool take_or_claim(const InputFile& f, uint64_t offset, uint64_t len, uint8_t* dst);
+  void keep(const InputFile& f, uint64_t offset, const uint8_t* bytes, uint64_t len);
+  void abandon(const InputFile& f, uint64_t offset, uint64_t len);
+
+ private:
+  struct Band {
+    const InputFile* file;
+    uint64_t offset, len;
+    bool ready = false;
+    std::vector<uint8_t> bytes;
+  };
+  std::list<Band>::iterator find(const InputFile& f, uint64_t offset, uint64_t len);
+  std::mutex mu_;
+  std::condition_variable read_;
+  std::list<Band> bands_;  // oldest first
+  uint64_t bytes_ = 0, capacity_;
+};
+
 class ItemInputs {
  public:
+  // `bands`: shared by the items of a run, so that a whole-row band is read once (may be null).
+  explicit ItemInputs(BandCache* bands = nullptr) : bands_(bands) {}
+
   // Reads (pread) every input byte that output elements [first, last) of `t` need. Until
   // `stage` is called, or after `unstage`, pointers go into the maps.
   void stage(const PlannedTensor& t, uint64_t first, uint64_t last);
@@ -40,6 +74,7 @@ class ItemInputs {
   // Reads rows [r0, r1) × columns [c0, c1) of a row-major matrix at `tensor_offset` of `f`.
   Region read(const InputFile& f, uint64_t tensor_offset, uint64_t in_cols, uint64_t es, uint64_t r0, uint64_t r1,
               uint64_t c0, uint64_t c1);
+  BandCache* bands_;
   std::vector<Region> regions_;  // per piece: input, then scale (when it has one)
   std::vector<uint8_t> buf_;
   uint64_t used_ = 0, bytes_read_ = 0;

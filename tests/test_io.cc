@@ -88,6 +88,22 @@ TEST_CASE("io: pread gives the bytes mmap gives, in every direction", "[io]") {
   }
 }
 
+TEST_CASE("io: rows two items need are read once (gate and up halves of fused experts)", "[io]") {
+  test::TempDir dir;
+  for (const std::string family : {"minimax_m2", "deepseek_v3"}) {
+    INFO(family);
+    const fs::path hf = dir / (family + "-hf"), native = dir / (family + "-native");
+    synth_into(family, hf, 256, 256, 2);
+    run(hf, native, Direction::Native, IoMode::Mmap, 1ull << 30);
+    // Whole expert slots per item: the gate and the up items each read every row of the fused
+    // tensor (half of each row, so whole rows are read) — the second takes the first's copy.
+    const ConvertSummary s = run(native, dir / (family + "-back"), Direction::Hf, IoMode::Pread, 1ull << 30);
+    INFO("read " << s.exec.bytes_read << " of " << s.input_bytes);
+    CHECK(s.exec.bytes_read >= s.input_bytes);
+    CHECK(s.exec.bytes_read <= s.input_bytes + s.input_bytes / 50);
+  }
+}
+
 TEST_CASE("io: a per-tensor FP8 export quantizes alike whatever the amax chunking", "[io]") {
   // Regression: the per-tensor amax streamed the tensor through the buffer that already held the
   // item's values, so a tensor larger than one amax chunk got the last chunk's codes in its first
