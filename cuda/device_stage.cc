@@ -77,38 +77,42 @@ DType source_dtype(const Piece& p) {
   return p.format == Fp8::E4M3 ? DType::F8_E4M3 : DType::F8_E5M2;
 }
 
-// Pinned host memory and device memory, freed with the slot.
-struct Buffers {
-  uint8_t* staging = nullptr;  // pinned: an item's inputs on their way to the device
-  uint8_t* device_in = nullptr;
-  uint8_t* device_values = nullptr;  // float32 values of an FP8 export, allocated on first use
-  uint64_t values_bytes = 0;
-};
-
+// A slot's stream, events and buffers (pinned host memory and device memory), freed with it.
 struct CudaSlot : DeviceStage::Slot {
   int gpu = 0;
-  cudaStream_t stream_ = nullptr;
   // The staging buffer's two halves take turns: one is filled while the other's copy runs.
   // sent[h]: the last copy out of half h (blocking sync: waiters sleep).
   cudaEvent_t sent[2] = {nullptr, nullptr};
   cudaEvent_t done = nullptr;
-  Buffers b;
+  uint8_t* staging = nullptr;  // pinned: an item's inputs on their way to the device
+  uint8_t* device_in = nullptr;
+  uint8_t* device_values = nullptr;  // float32 values of an FP8 export, allocated on first use
+  uint64_t values_bytes = 0;
   int half = 0;         // the half being filled
   uint64_t cursor = 0;  // its bytes in use
 
+  cudaStream_t cuda_stream() const { return static_cast<cudaStream_t>(stream); }
+
   ~CudaSlot() {
     cudaSetDevice(gpu);  // destructors report nothing: the run's error, if any, is already out
-    if (stream_) cudaStreamSynchronize(stream_);
+    if (stream) cudaStreamSynchronize(cuda_stream());
     cudaFreeHost(host);
-    cudaFreeHost(b.staging);
+    cudaFreeHost(staging);
     cudaFree(device);
-    cudaFree(b.device_in);
-    cudaFree(b.device_values);
+    cudaFree(device_in);
+    cudaFree(device_values);
     for (cudaEvent_t e : {sent[0], sent[1], done})
       if (e) cudaEventDestroy(e);
-    if (stream_) cudaStreamDestroy(stream_);
+    if (stream) cudaStreamDestroy(cuda_stream());
   }
 };
+
+// Switches to the slot's other staging half once the copy out of it is done.
+void flip(CudaSlot& s, const char* what) {
+  s.half ^= 1;
+  check(cudaEventSynchronize(s.sent[s.half]), what);
+  s.cursor = 0;
+}
 
 class CudaStage final : public DeviceStage {
  public:
@@ -123,9 +127,8 @@ class CudaStage final : public DeviceStage {
 
   ~CudaStage() override { free_slots(); }
 
-  void begin(const Plan&, uint64_t slots, uint64_t out_bytes, uint64_t scales_at) override {
+  void begin(uint64_t out_bytes, uint64_t scales_at) override {
     free_slots();
-    slots_ = slots;
     out_bytes_ = out_bytes;
     scales_at_ = scales_at;
     // Items larger than the staging buffer go through it in batches; 4 MiB keeps the pinned
@@ -199,12 +202,11 @@ class CudaStage final : public DeviceStage {
     check(cudaSetDevice(s.gpu), "set device");
     for (uint64_t off = 0; off < len;) {
       const uint64_t n = std::min(half_bytes_, len - off);
-      s.half ^= 1;
-      check(cudaEventSynchronize(s.sent[s.half]), "upload");  // that half is free again
-      uint8_t* staged = s.b.staging + s.half * half_bytes_;
+      flip(s, "upload");
+      uint8_t* staged = s.staging + s.half * half_bytes_;
       std::memcpy(staged, host + off, n);
-      check(cudaMemcpyAsync(s.device + at + off, staged, n, cudaMemcpyHostToDevice, s.stream_), "upload");
-      check(cudaEventRecord(s.sent[s.half], s.stream_), "event");
+      check(cudaMemcpyAsync(s.device + at + off, staged, n, cudaMemcpyHostToDevice, s.cuda_stream()), "upload");
+      check(cudaEventRecord(s.sent[s.half], s.cuda_stream()), "event");
       h2d_ += n;
       off += n;
     }
@@ -214,7 +216,7 @@ class CudaStage final : public DeviceStage {
   void wait(Slot& slot) override {
     auto& s = static_cast<CudaSlot&>(slot);
     check(cudaSetDevice(s.gpu), "set device");
-    check(cudaEventRecord(s.done, s.stream_), "event");
+    check(cudaEventRecord(s.done, s.cuda_stream()), "event");
     check(cudaEventSynchronize(s.done), "device sink");
   }
 
@@ -241,17 +243,18 @@ class CudaStage final : public DeviceStage {
     auto s = std::make_unique<CudaSlot>();
     s->gpu = options_.device;
     check(cudaSetDevice(s->gpu), "set device");
-    check(cudaStreamCreateWithFlags(&s->stream_, cudaStreamNonBlocking), "stream");
-    s->stream = s->stream_;
+    cudaStream_t stream = nullptr;
+    check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+    s->stream = stream;
     for (cudaEvent_t* e : {&s->sent[0], &s->sent[1], &s->done})
       check(cudaEventCreateWithFlags(e, cudaEventBlockingSync | cudaEventDisableTiming), "event");
-    for (cudaEvent_t e : s->sent) check(cudaEventRecord(e, s->stream_), "event");  // nothing in flight yet
-    check(cudaHostAlloc(reinterpret_cast<void**>(&s->b.staging), staging_bytes_, cudaHostAllocDefault),
+    for (cudaEvent_t e : s->sent) check(cudaEventRecord(e, s->cuda_stream()), "event");  // nothing in flight yet
+    check(cudaHostAlloc(reinterpret_cast<void**>(&s->staging), staging_bytes_, cudaHostAllocDefault),
           "pinned allocation");
     uint8_t* out = nullptr;
     check(cudaMalloc(reinterpret_cast<void**>(&out), out_bytes_), "device allocation");
     s->device = out;
-    check(cudaMalloc(reinterpret_cast<void**>(&s->b.device_in), staging_bytes_), "device allocation");
+    check(cudaMalloc(reinterpret_cast<void**>(&s->device_in), staging_bytes_), "device allocation");
     pinned_bytes_ += staging_bytes_;
     device_bytes_ += out_bytes_ + staging_bytes_;
     setup_ns_ += elapsed_ns(start);
@@ -266,16 +269,16 @@ class CudaStage final : public DeviceStage {
   }
 
   uint8_t* values_buffer(CudaSlot& s, uint64_t bytes) {
-    if (s.b.values_bytes < bytes) {
-      check(cudaStreamSynchronize(s.stream_), "values");
-      cudaFree(s.b.device_values);
-      s.b.device_values = nullptr;
-      s.b.values_bytes = 0;
-      check(cudaMalloc(reinterpret_cast<void**>(&s.b.device_values), bytes), "device allocation");
+    if (s.values_bytes < bytes) {
+      check(cudaStreamSynchronize(s.cuda_stream()), "values");
+      cudaFree(s.device_values);
+      s.device_values = nullptr;
+      s.values_bytes = 0;
+      check(cudaMalloc(reinterpret_cast<void**>(&s.device_values), bytes), "device allocation");
       device_bytes_ += bytes;
-      s.b.values_bytes = bytes;
+      s.values_bytes = bytes;
     }
-    return s.b.device_values;
+    return s.device_values;
   }
 
   // Staging bytes for n rows × w columns of a piece: the elements, then whole scale-grid rows.
@@ -305,11 +308,7 @@ class CudaStage final : public DeviceStage {
       while (n < r.rows && cost.of(n * 2, cw) <= cap) n *= 2;
       for (uint64_t k = 0; k < r.rows; k += n) {
         const uint64_t rows = std::min(n, r.rows - k);
-        if (s.cursor + cost.of(rows, cw) > cap) {  // fill the other half while this one's copy runs
-          s.half ^= 1;
-          check(cudaEventSynchronize(s.sent[s.half]), "copy to device");
-          s.cursor = 0;
-        }
+        if (s.cursor + cost.of(rows, cw) > cap) flip(s, "copy to device");  // fill one while the other's copy runs
         batch(s, t, r, in, k, rows, c, cw, cost, dst, out);
       }
     }
@@ -324,11 +323,11 @@ class CudaStage final : public DeviceStage {
       fail_cuda("copy to device", "injected failure (StageOptions::fail_at_batch)");
     const uint64_t row = r.row0 + k, col = r.col0 + c, row_bytes = cw * cost.es;
     const uint64_t base = s.half * half_bytes_ + s.cursor;  // the same offset in both buffers
-    uint8_t* host = s.b.staging + base;
+    uint8_t* host = s.staging + base;
     for (uint64_t j = 0; j < rows; ++j) std::memcpy(host + j * row_bytes, in.input(p, r.index, row + j, col), row_bytes);
     uint64_t used = align_up(rows * row_bytes);
     Convert cv;
-    cv.src = s.b.device_in + base;
+    cv.src = s.device_in + base;
     cv.src_dtype = source_dtype(p);
     cv.rows = rows;
     cv.cols = cw;
@@ -338,7 +337,7 @@ class CudaStage final : public DeviceStage {
       const uint64_t g0 = row / d.block_rows, g1 = (row + rows - 1) / d.block_rows + 1;
       for (uint64_t g = g0; g < g1; ++g)
         std::memcpy(host + used + (g - g0) * cost.grid_row_bytes, in.scale_row(p, r.index, g), cost.grid_row_bytes);
-      cv.scales = s.b.device_in + base + used;
+      cv.scales = s.device_in + base + used;
       cv.scale_dtype = p.scale.info->dtype;
       cv.block_rows = d.block_rows;
       cv.block_cols = d.block_cols;
@@ -347,8 +346,8 @@ class CudaStage final : public DeviceStage {
       cv.col_phase = col;
       used += align_up((g1 - g0) * cost.grid_row_bytes);
     }
-    check(cudaMemcpyAsync(s.b.device_in + base, host, used, cudaMemcpyHostToDevice, s.stream_), "copy to device");
-    check(cudaEventRecord(s.sent[s.half], s.stream_), "event");
+    check(cudaMemcpyAsync(s.device_in + base, host, used, cudaMemcpyHostToDevice, s.cuda_stream()), "copy to device");
+    check(cudaEventRecord(s.sent[s.half], s.cuda_stream()), "event");
     h2d_ += used;
     s.cursor += used;
     const uint64_t len = t.row_len;
@@ -357,7 +356,7 @@ class CudaStage final : public DeviceStage {
     cv.out = out;
     cv.dst_stride = len;
     cv.transpose = p.transpose;
-    convert(cv, s.stream_);
+    convert(cv, s.cuda_stream());
   }
 
   // FP8 export of the item's float32 values: codes at the start of the device buffer, scales
@@ -377,20 +376,20 @@ class CudaStage final : public DeviceStage {
       // Its scale depends on every element: the CPU's amax pass, shared with the tensor's other items.
       static_assert(sizeof(float) == 4);
       const float sc = elem::fp8_block_scale(amax.get(plan, index));
-      check(cudaMemcpyAsync(out + scales_at_, &sc, 4, cudaMemcpyHostToDevice, s.stream_), "copy to device");
+      check(cudaMemcpyAsync(out + scales_at_, &sc, 4, cudaMemcpyHostToDevice, s.cuda_stream()), "copy to device");
     }
-    quantize(q, s.stream_);
+    quantize(q, s.cuda_stream());
     return scale_elements(t, first, last);
   }
 
   void copy_back(CudaSlot& s, uint64_t at, uint64_t bytes) {
-    check(cudaMemcpyAsync(s.host + at, s.device + at, bytes, cudaMemcpyDeviceToHost, s.stream_), "copy to host");
+    check(cudaMemcpyAsync(s.host + at, s.device + at, bytes, cudaMemcpyDeviceToHost, s.cuda_stream()), "copy to host");
     d2h_ += bytes;
   }
 
   StageOptions options_;
   DeviceStats stats_;
-  uint64_t slots_ = 0, out_bytes_ = 0, scales_at_ = 0, staging_bytes_ = 0, half_bytes_ = 0;
+  uint64_t out_bytes_ = 0, scales_at_ = 0, staging_bytes_ = 0, half_bytes_ = 0;
   oneapi::tbb::concurrent_queue<CudaSlot*> free_;
   std::mutex mu_;
   std::vector<std::unique_ptr<CudaSlot>> owned_;

@@ -39,9 +39,9 @@ class DeviceStage {
 
   virtual ~DeviceStage() = default;
 
-  // Before a run: at most `slots` items in flight, each writing at most `out_bytes` (an FP8
-  // export's scales from `scales_at` on). Buffers are allocated on first use.
-  virtual void begin(const Plan& plan, uint64_t slots, uint64_t out_bytes, uint64_t scales_at) = 0;
+  // Before a run: each item writes at most `out_bytes` (an FP8 export's scales from `scales_at`
+  // on). Slots are made on first use, so there are as many as items in flight at once.
+  virtual void begin(uint64_t out_bytes, uint64_t scales_at) = 0;
   // Whether the items of `t` are transformed here (the others run on the CPU).
   virtual bool runs(const PlannedTensor& t) const = 0;
 

@@ -403,7 +403,7 @@ class Run {
         device_(opt.device),
         device_sink_(sink.on_device()) {
     if (device_sink_ && !device_) fail(ErrorKind::Usage, "a device sink needs a device to run on (--device cuda)");
-    if (device_) device_->begin(plan, stats.buffers, item_buffer_bytes(plan, stats.chunk_bytes, scales_at_), scales_at_);
+    if (device_) device_->begin(item_buffer_bytes(plan, stats.chunk_bytes, scales_at_), scales_at_);
   }
 
   bool next(Item& it) { return !failed_ && items_of_.next(it); }
