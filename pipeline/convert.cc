@@ -213,11 +213,7 @@ ExecStats run_plan(const Plan& plan, TensorSink& sink, const RunOptions& run, st
   ExecOptions eo;
   eo.threads = run.threads;
   eo.memory_budget = run.memory_budget;
-  // Bytes that are not in memory (a remote input) are read into each item's buffers.
-  const bool in_place = std::all_of(plan.tensors.begin(), plan.tensors.end(), [](const PlannedTensor& t) {
-    return std::all_of(t.pieces.begin(), t.pieces.end(), [](const Piece& p) { return p.input.file->source().data(); });
-  });
-  eo.io = in_place ? run.io : IoMode::Pread;
+  eo.io = run.io;
   eo.on_progress = run.on_progress;
   eo.lanes = run.lanes;
   eo.selected = std::move(selected);

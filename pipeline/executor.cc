@@ -107,6 +107,13 @@ std::vector<const SafetensorsFile*> input_files(const Plan& plan) {
   return files;
 }
 
+// Whether every input (weights and scales) is in memory to read in place; bytes that are not (a
+// remote input) are read into each item's buffers, whatever the options asked.
+bool in_memory(const Plan& plan) {
+  const auto files = input_files(plan);
+  return std::all_of(files.begin(), files.end(), [](const SafetensorsFile* f) { return f->source().data(); });
+}
+
 // Whether this item's inputs are still the files that were planned: after a SIGBUS somewhere
 // in the process (a lost page), or — `deep` — after a failed write (a copy from a truncated map
 // fails inside the kernel without a signal).
@@ -394,10 +401,10 @@ class Run {
   Run(const Plan& plan, TensorSink& sink, const ExecOptions& opt, const ExecStats& stats)
       : plan_(plan),
         opt_(opt),
-        pread_(opt.io == IoMode::Pread),
+        pread_(opt.io == IoMode::Pread || !in_memory(plan)),
         pool_(item_buffer_bytes(plan, stats.chunk_bytes, scales_at_)),
         staging_(opt.memory_budget / 16),  // rows two items read, kept for the second (inputs.h)
-        amax_(plan.tensors.size(), opt.io),
+        amax_(plan.tensors.size(), pread_ ? IoMode::Pread : IoMode::Mmap),
         items_of_(plan, opt.selected, stats.chunk_bytes, opt.lanes ? opt.lanes : stats.threads),
         out_(plan, opt.selected, sink, opt),
         device_(opt.device),

@@ -35,7 +35,7 @@ namespace ckpt {
 struct ExecOptions {
   unsigned threads = 0;                 // 0: all cores
   uint64_t memory_budget = 1ull << 30;  // bytes of input + output held by items in flight
-  IoMode io = IoMode::Mmap;
+  IoMode io = IoMode::Mmap;  // inputs not in memory (remote) are read with pread whatever this says
   // Called from a worker thread a few times a second, and once at the end, with the output bytes
   // delivered so far and the selection's total.
   std::function<void(uint64_t done, uint64_t total)> on_progress;
