@@ -648,8 +648,12 @@ ExecStats execute(const Plan& plan, TensorSink& sink, const ExecOptions& opt) {
     flow::make_edge(source, limiter);
     flow::make_edge(limiter, read);
     flow::make_edge(read, transform);
-    flow::make_edge(transform, await);
-    flow::make_edge(await, write);
+    if (waiter) {  // device items wait off the workers; the CPU path goes straight on
+      flow::make_edge(transform, await);
+      flow::make_edge(await, write);
+    } else {
+      flow::make_edge(transform, write);
+    }
     flow::make_edge(write, limiter.decrementer());
     source.activate();
     g.wait_for_all();

@@ -10,6 +10,7 @@ std::list<BandCache::Band>::iterator BandCache::find(const InputFile& f, uint64_
 }
 
 bool BandCache::take_or_claim(const InputFile& f, uint64_t offset, uint64_t len, uint8_t* dst) {
+  if (len > capacity_) return false;  // never kept: a second reader must not wait for it
   std::unique_lock lock(mu_);
   for (;;) {
     const auto it = find(f, offset, len);
@@ -31,22 +32,18 @@ bool BandCache::take_or_claim(const InputFile& f, uint64_t offset, uint64_t len,
 void BandCache::keep(const InputFile& f, uint64_t offset, const uint8_t* bytes, uint64_t len) {
   std::lock_guard lock(mu_);
   const auto it = find(f, offset, len);
-  if (it == bands_.end()) return;
-  if (len > capacity_) {
-    bands_.erase(it);
-  } else {
-    for (auto old = bands_.begin(); bytes_ + len > capacity_ && old != bands_.end();) {
-      if (old->ready) {
-        bytes_ -= old->len;
-        old = bands_.erase(old);
-      } else {
-        ++old;
-      }
+  if (it == bands_.end()) return;  // a band too large to keep was never claimed
+  for (auto old = bands_.begin(); bytes_ + len > capacity_ && old != bands_.end();) {
+    if (old->ready) {
+      bytes_ -= old->len;
+      old = bands_.erase(old);
+    } else {
+      ++old;
     }
-    it->bytes.assign(bytes, bytes + len);
-    it->ready = true;
-    bytes_ += len;
   }
+  it->bytes.assign(bytes, bytes + len);
+  it->ready = true;
+  bytes_ += len;
   read_.notify_all();
 }
 
@@ -83,10 +80,10 @@ ItemInputs::Region ItemInputs::read(const InputFile& f, uint64_t tensor_offset, 
       f.read(at, bytes, dst);
     }
   } else {
-    std::vector<InputFile::Range> rows;
+    ranges_.clear();
     for (uint64_t row = r0; row < r1; ++row, dst += r.stride)
-      rows.push_back({tensor_offset + (row * in_cols + c0) * es, r.stride, dst});
-    f.read_many(rows);
+      ranges_.push_back({tensor_offset + (row * in_cols + c0) * es, r.stride, dst});
+    f.read_many(ranges_);
   }
   bytes_read_ += bytes;
   return r;

@@ -77,6 +77,7 @@ class ItemInputs {
   BandCache* bands_;
   std::vector<Region> regions_;  // per piece: input, then scale (when it has one)
   std::vector<uint8_t> buf_;
+  std::vector<InputFile::Range> ranges_;  // the rows of a narrow band, reused from read to read
   uint64_t used_ = 0, bytes_read_ = 0;
 };
 
