@@ -117,8 +117,6 @@ void fill(void* p, uint64_t n, Fill f, uint64_t seed) {
   CK(cudaDeviceSynchronize());  // the timed work runs on a non-blocking stream
 }
 
-uint64_t dtype_bytes(DType t) { return t == DType::F32 ? 4 : t == DType::BF16 || t == DType::F16 ? 2 : 1; }
-
 // ---- timing ----
 
 struct Timer {
@@ -197,7 +195,7 @@ T fetch(const void* base, uint64_t index) {
 }
 
 uint32_t fetch_bits(const void* base, DType t, uint64_t i) {
-  switch (dtype_bytes(t)) {
+  switch (dtype_size(t)) {
     case 4: return fetch<uint32_t>(base, i);
     case 2: return fetch<uint16_t>(base, i);
     default: return fetch<uint8_t>(base, i);
@@ -436,8 +434,8 @@ void case_cast(Bench& b, const char* name, uint64_t R, uint64_t C, DType from, D
   DevBuf src[2], dst[2];
   std::vector<kc::Convert> sets[2];
   for (int s = 0; s < 2; ++s) {
-    src[s] = DevBuf(R * C * dtype_bytes(from));
-    dst[s] = DevBuf(R * C * dtype_bytes(to));
+    src[s] = DevBuf(R * C * dtype_size(from));
+    dst[s] = DevBuf(R * C * dtype_size(to));
     fill(src[s].p, R * C, from == DType::F32 ? Fill::F32 : Fill::Bf16, 90 + s);
     kc::Convert c;
     c.src = src[s].p;
@@ -454,8 +452,8 @@ void case_cast(Bench& b, const char* name, uint64_t R, uint64_t C, DType from, D
   Row row;
   row.name = name;
   row.shape = std::to_string(R) + "x" + std::to_string(C) + (transpose ? " -> transposed" : "");
-  row.in = R * C * dtype_bytes(from);
-  row.out = R * C * dtype_bytes(to);
+  row.in = R * C * dtype_size(from);
+  row.out = R * C * dtype_size(to);
   b.converts(row, sets);
 }
 

@@ -67,6 +67,11 @@ RemoteOptions remote_options(unsigned concurrency = RemoteOptions{}.concurrency,
 }
 
 // The library's options for the command line, refusing option combinations that mean nothing.
+// CLI11's check of --device (convert and bench).
+std::string device_spelling(const std::string& v) {
+  return is_device_spelling(v) ? std::string() : "not one of auto, cpu, cuda[:N]";
+}
+
 // The device stage's test hooks, from the environment (the device tests set them; see
 // cuda/choice.h): CKPTCONV_CUDA_STAGING (staging bytes per slot), CKPTCONV_CUDA_FAIL_AT_BATCH.
 DeviceHooks device_hooks() {
@@ -216,7 +221,6 @@ int run_convert(const ConvertArgs& a) {
   if (launch.kind == Launch::Kind::Ranks) o.write.part = launch.part;
   if (a.wait && !o.write.part) fail_usage("--wait applies to a split conversion (--rank/--world-size, RANK/WORLD_SIZE)");
   o.publish.wait = a.wait;
-  o.publish.remote = o.remote;
   print_summary(a, convert_with_progress(a, o));
   return 0;
 }
@@ -444,9 +448,7 @@ CLI::App* add_convert(CLI::App& app, ConvertArgs& a) {
                    "to the CPU; refused with the reason when it cannot be used); auto: the GPU when one is usable "
                    "and the plan dequantizes, exports FP8 or groups experts, else the CPU")
       ->capture_default_str()
-      ->check([](const std::string& v) {
-        return v == "auto" || v == "cpu" || cuda_index(v) ? std::string() : "not one of auto, cpu, cuda[:N]";
-      });
+      ->check(device_spelling);
   add_convert_flags(conv, a);
   return conv;
 }
@@ -515,9 +517,7 @@ CLI::App* add_bench(CLI::App& app, BenchArgs& a) {
                     "queue on its lock; real checkpoints have many shards");
   bench->add_option("--device", a.device, "Where the conversions transform: auto, cpu, or cuda[:N] (as convert)")
       ->capture_default_str()
-      ->check([](const std::string& v) {
-        return v == "auto" || v == "cpu" || cuda_index(v) ? std::string() : "not one of auto, cpu, cuda[:N]";
-      });
+      ->check(device_spelling);
   bench->add_option("--work", a.work, "Scratch directory for inputs, outputs and copies (default: /dev/shm)");
   bench->add_option("--report", a.report, "Also write a markdown report to this file");
   bench->add_option("--plot", a.plot, "Write PREFIX-threads.png and PREFIX-size.png with gnuplot");

@@ -34,6 +34,9 @@ inline std::optional<int> cuda_index(const std::string& v) {
   return std::stoi(v.substr(5));
 }
 
+// "auto", "cpu", "cuda" or "cuda:N".
+inline bool is_device_spelling(const std::string& v) { return v == "auto" || v == "cpu" || cuda_index(v).has_value(); }
+
 // Test hooks of the device stage (cuda::StageOptions): staging bytes per slot, injected failure.
 struct DeviceHooks {
   uint64_t staging_bytes = 0, fail_at_batch = 0;
@@ -49,7 +52,7 @@ inline DeviceChoice device_choice(const std::string& device, const DeviceHooks& 
                                   std::optional<uint32_t> local_rank = std::nullopt) {
   const auto index = cuda_index(device);
   if (device == "cpu") return {};
-  if (!index && device != "auto") fail_usage("device '{}' is not one of auto, cpu, cuda[:N]", device);
+  if (!is_device_spelling(device)) fail_usage("device '{}' is not one of auto, cpu, cuda[:N]", device);
 #if defined(CKPT_HAVE_CUDA)
   cuda::StageOptions so;
   so.staging_bytes = hooks.staging_bytes;

@@ -788,7 +788,6 @@ ConvertSummary convert(const ConvertOptions& opt) {
   sum.total_s = since(t0);
   sum.peak_rss_bytes = peak_rss_bytes();
   sum.isa = std::string(isa_name(kernels().isa));
-  if (sum.exec.device) sum.device = sum.exec.device->name;
   return sum;
 }
 

@@ -137,7 +137,6 @@ struct ConvertSummary {
   uint64_t peak_rss_bytes = 0;
   ExecStats exec;
   std::string isa;
-  std::string device = "cpu";  // where the transform ran: "cpu", or the device stage's name
 };
 
 inline constexpr uint64_t kMinMemoryBudget = 4ull << 20;

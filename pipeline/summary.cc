@@ -13,7 +13,7 @@ nlohmann::ordered_json summary_json(const ConvertSummary& s, const SummaryLabels
           {"plan_seconds", s.plan_s}, {"execute_seconds", s.execute_s}, {"total_seconds", s.total_s},
           {"output_gb_per_s", gbps}, {"peak_rss_bytes", s.peak_rss_bytes}, {"threads", s.exec.threads},
           {"io", l.io}, {"chunk_bytes", s.exec.chunk_bytes}, {"items_in_flight", s.exec.buffers},
-          {"buffers_allocated", s.exec.buffers_allocated}, {"isa", s.isa}, {"device", s.device},
+          {"buffers_allocated", s.exec.buffers_allocated}, {"isa", s.isa}, {"device", s.exec.device ? s.exec.device->name : "cpu"},
           {"stage_seconds", {{"read", s.exec.read_s}, {"dequantize", s.exec.transform_s}, {"write", s.exec.write_s}}}};
   if (const auto& d = s.exec.device)
     j["device_stage"] = {{"items", d->items}, {"seconds", d->seconds}, {"setup_seconds", d->setup_seconds},
