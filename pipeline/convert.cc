@@ -313,10 +313,11 @@ void create_dir(const fs::path& dir, CreatedDirs& created) {
 }
 
 // The shard writers of a run: a FinishedShard for each shard a resumed run kept, a new
-// ShardWriter (reporting to the manifest when complete) for the others. Creating a shard reserves
-// its storage (another rank's shards get no writer); on tmpfs that allocates every page, under the file's inode lock: as long as
-// writing the shard later. Files do not share that lock, so the shards are created in parallel
-// (the first error cancels the rest and is rethrown; each writer created removes its temporary file).
+// ShardWriter (reporting to the manifest when complete) for the others (another rank's shards get
+// no writer). Creating a shard sizes it and writes its header; its storage is reserved later, on
+// a background thread while items are written (BackgroundReservation). The shards are created in
+// parallel (the first error cancels the rest and is rethrown; each writer created removes its
+// temporary file).
 std::vector<std::unique_ptr<ShardSink>> open_shards(const std::vector<ShardRef>& shards,
                                                     const std::vector<Found>& found, ManifestFile& manifest,
                                                     unsigned threads) {
