@@ -214,6 +214,12 @@ float host_value(DType t, uint32_t bits) {
 }
 
 // Samples `n` random elements of the calls and compares the output bits with the CPU's rule.
+// The check column: "ok (N unit)", or "MISMATCH bad/N unit" (which fails the run).
+std::string verdict(uint64_t bad, uint64_t total, const std::string& unit) {
+  return bad ? "MISMATCH " + std::to_string(bad) + "/" + std::to_string(total) + unit
+             : "ok (" + std::to_string(total) + unit + ")";
+}
+
 std::string check_converts(const std::vector<kc::Convert>& calls, int n, uint64_t seed) {
   std::mt19937_64 rng(seed);
   int bad = 0;
@@ -228,14 +234,14 @@ std::string check_converts(const std::vector<kc::Convert>& calls, int n, uint64_
       float v = host_value(c.src_dtype, src_bits);
       if (c.scales) {
         const uint64_t g = ((c.row_phase + r) / c.block_rows) * c.grid_cols + (c.col_phase + col) / c.block_cols;
-        v *= host_value(c.scale_dtype, fetch_bits(c.scales, c.scale_dtype, g));
+        v = elem::mul(v, host_value(c.scale_dtype, fetch_bits(c.scales, c.scale_dtype, g)));
       }
       want = c.out == DType::BF16 ? elem::float_to_bf16(v) : c.out == DType::F16 ? elem::float_to_f16(v) : elem::f2u(v);
     }
     const uint64_t di = c.transpose ? col * c.dst_stride + r : r * c.dst_stride + col;
     if (fetch_bits(c.dst, c.out, di) != want) ++bad;
   }
-  return bad ? "MISMATCH " + std::to_string(bad) + "/" + std::to_string(n) : "ok (" + std::to_string(n) + ")";
+  return verdict(bad, n, "");
 }
 
 // ---- cases ----
@@ -509,8 +515,7 @@ void case_quantize(Bench& b, uint64_t R, uint64_t C) {
             for (uint64_t i = 0; i < x.size(); ++i)
               if (got[i] != elem::float_to_e4m3_saturate(x[i] / scale)) { ++bad; break; }
           }
-          return bad ? "MISMATCH " + std::to_string(bad) + "/" + std::to_string(total) + " blocks"
-                     : "ok (" + std::to_string(total) + " blocks)";
+          return verdict(bad, total, " blocks");
         });
   }
   // Mx: random 32-element groups recomputed on the host.
@@ -541,8 +546,7 @@ void case_quantize(Bench& b, uint64_t R, uint64_t C) {
             for (uint64_t i = 0; ok && i < w; ++i) ok = got[i] == elem::float_to_e4m3_saturate(x[i] / elem::e8m0_to_float(e));
             if (!ok) ++bad;
           }
-          return bad ? "MISMATCH " + std::to_string(bad) + "/" + std::to_string(total) + " groups"
-                     : "ok (" + std::to_string(total) + " groups)";
+          return verdict(bad, total, " groups");
         });
   }
   // amax_finite over the whole matrix; checked on a 16M-element prefix against the host.

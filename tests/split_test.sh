@@ -47,6 +47,13 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$work"
+# wait_all MSG LOG...: waits for every background rank; on a failure shows the logs and fails.
+wait_all() {
+  local msg=$1 p
+  shift
+  for p in "${pids[@]}"; do wait "$p" || { cat "$@" >&2; fail "$msg"; }; done
+  pids=()
+}
 
 if ! command -v mpirun >/dev/null; then
   echo "split_test: SKIP: mpirun not found (install OpenMPI to test split conversions)"
@@ -179,8 +186,7 @@ for r in 0 1 2 3 4; do
   RANK=$r WORLD_SIZE=5 "$ck" convert --in $m --out out_two --to native --max-shard-size 1500KB >"env$r.log" 2>&1 &
   pids+=($!)
 done
-for p in "${pids[@]}"; do wait "$p" || { cat env*.log >&2; fail "a rank of 5 failed"; }; done
-pids=()
+wait_all "a rank of 5 failed" env*.log
 grep -q "rank 4 of 5: 0 of 2 shard" env4.log || { cat env4.log >&2; fail "rank 4 of 5 did not report 0 of 2 shards"; }
 run 0 pub.log "$ck" publish out_two
 same ref_two out_two
@@ -194,8 +200,7 @@ for r in 0 1 2; do
   RANK=$r WORLD_SIZE=3 "$ck" convert --in $m --out out_env "${opts[@]}" >"env$r.log" 2>&1 &
   pids+=($!)
 done
-for p in "${pids[@]}"; do wait "$p" || { cat env*.log >&2; fail "a RANK/WORLD_SIZE rank failed"; }; done
-pids=()
+wait_all "a RANK/WORLD_SIZE rank failed" env*.log
 unpublished out_env
 for r in 0 1 2; do complete "$(record out_env $r 3)" || fail "rank $r's record is not complete"; done
 run 0 pub.log "$ck" publish out_env
@@ -206,8 +211,7 @@ for t in 4 5 6; do
     "$ck" convert --in $m --out out_slurm "${opts[@]}" >"slurm$t.log" 2>&1 &
   pids+=($!)
 done
-for p in "${pids[@]}"; do wait "$p" || { cat slurm*.log >&2; fail "a Slurm array task failed"; }; done
-pids=()
+wait_all "a Slurm array task failed" slurm*.log
 grep -q "rank 2 of 3" slurm6.log || { cat slurm6.log >&2; fail "task 6 of 4..6 is not rank 2 of 3"; }
 run 0 pub.log "$ck" publish out_slurm
 same $ref out_slurm
