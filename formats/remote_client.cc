@@ -44,6 +44,31 @@ std::string percent_encode(std::string_view s, bool keep_slash) {
   return out;
 }
 
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// percent_encode's inverse: every %XX becomes its byte. nullopt when a '%' is not followed by two
+// hex digits, which no URL holds.
+std::optional<std::string> percent_decode(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    const int hi = i + 2 < s.size() ? hex_value(s[i + 1]) : -1;
+    const int lo = hi < 0 ? -1 : hex_value(s[i + 2]);
+    if (lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
+
 void append_utf8(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
     out += static_cast<char>(cp);
@@ -153,6 +178,31 @@ RemoteUrl remote_join(const RemoteUrl& folder, std::string_view name) {
     u.url += percent_encode(name, true);
   }
   return u;
+}
+
+std::pair<RemoteUrl, std::string> remote_split(const RemoteUrl& object) {
+  RemoteUrl folder = object;
+  std::string name;
+  if (object.is_s3()) {
+    // Keys are not encoded: the name is the key's last part as it is.
+    const size_t cut = object.key.rfind('/') + 1;  // 0 without a '/'
+    name = object.key.substr(cut);
+    folder.key.resize(cut);
+    folder.url = fmt::format("s3://{}/{}", folder.bucket, folder.key);
+  } else {
+    const size_t path = object.url.find('/', object.url.find("://") + 3);
+    if (path == std::string::npos) fail_usage("{}: names no file", object.url);
+    const size_t cut = object.url.rfind('/') + 1;
+    const auto decoded = percent_decode(std::string_view(object.url).substr(cut));
+    if (!decoded) fail_usage("{}: a '%' in the file name is not followed by two hex digits", object.url);
+    // Either would make the name something else than one file of this folder once encoded again.
+    if (decoded->find_first_of(std::string_view("/\0", 2)) != std::string::npos)
+      fail_usage("{}: the file name holds an encoded '/' or NUL", object.url);
+    name = *decoded;
+    folder.url.resize(cut);
+  }
+  if (name.empty()) fail_usage("{}: names no file", object.url);
+  return {std::move(folder), std::move(name)};
 }
 
 namespace {

@@ -27,6 +27,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace ckpt {
@@ -54,6 +55,13 @@ std::optional<RemoteUrl> parse_remote_url(std::string_view text);
 // `name` (a file name from an index, unencoded) inside the folder `folder`: a '/' is added unless
 // the folder already ends with one; for HTTP the name is percent-encoded.
 RemoteUrl remote_join(const RemoteUrl& folder, std::string_view name);
+
+// remote_join's inverse: the folder holding `object` and its name, unencoded. For HTTP the name is
+// cut from the URL and percent-decoded, so that joining encodes it exactly once again (a URL
+// encoded otherwise than remote_join would, e.g. with a literal '+', comes back as its equivalent
+// `%2B`). A Usage error when the URL names no file, or its name is no valid escape or holds an
+// encoded '/' or NUL.
+std::pair<RemoteUrl, std::string> remote_split(const RemoteUrl& object);
 
 // The HTTP URL of an S3 object. With an endpoint (AWS_ENDPOINT_URL, e.g. `http://127.0.0.1:4568`)
 // path-style: `endpoint/bucket/key`; without, AWS's virtual-hosted style

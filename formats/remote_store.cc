@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <tuple>
 
 #include "formats/error.h"
 
@@ -117,15 +118,10 @@ class RemoteStore final : public CheckpointStore {
 RemoteCheckpoint open_remote(const RemoteUrl& url, const RemoteOptions& options) {
   RemoteCheckpoint r;
   r.client = std::make_shared<RemoteClient>(options);
-  std::string folder_text = url.text();
-  if (folder_text.ends_with(".safetensors")) {
-    const size_t slash = folder_text.rfind('/');
-    r.single_file = folder_text.substr(slash + 1);
-    folder_text.resize(slash + 1);
-  }
-  const auto folder = parse_remote_url(folder_text);
-  if (!folder) fail_usage("--in {}: not a remote folder", folder_text);
-  r.store = std::make_shared<RemoteStore>(r.client, *folder);
+  RemoteUrl folder = url;
+  // The name is the decoded file name, as an index would give it: the store encodes it once.
+  if (url.text().ends_with(".safetensors")) std::tie(folder, r.single_file) = remote_split(url);
+  r.store = std::make_shared<RemoteStore>(r.client, std::move(folder));
   return r;
 }
 

@@ -25,6 +25,7 @@
 
 #include "formats/error.h"
 #include "formats/remote_client.h"
+#include "formats/remote_store.h"
 
 using namespace ckpt;
 namespace fs = std::filesystem;
@@ -344,6 +345,40 @@ TEST_CASE("remote URLs: parsing, joining and the S3 request URL", "[remote]") {
   CHECK(std::string(creds.what()).find("hunter2") == std::string::npos);
 }
 
+// Issue #15: the name of a single-file URL was cut from the encoded URL and encoded again on
+// every request, so `%2B` went out as `%252B`.
+TEST_CASE("remote: a single-file URL's name is the decoded file name (issue #15)", "[remote]") {
+  const RemoteCheckpoint h = open_remote(*parse_remote_url("http://host/dir/model%2Bv1%20x.safetensors"), {});
+  CHECK(h.store->root().string() == "http://host/dir/");
+  CHECK(h.single_file.value_or("") == "model+v1 x.safetensors");
+  // S3 keys are never percent-encoded: a '%' in one is just a character.
+  const RemoteCheckpoint s = open_remote(*parse_remote_url("s3://bucket/dir/model%2Bv1.safetensors"), {});
+  CHECK(s.store->root().string() == "s3://bucket/dir/");
+  CHECK(s.single_file.value_or("") == "model%2Bv1.safetensors");
+
+  // Split and joined again, a URL encoded as remote_join encodes is requested as given.
+  for (const char* url : {"http://host/dir/model%2Bv1%20x.safetensors", "http://host/100%25.safetensors",
+                          "https://host/a/b/%C3%A9.safetensors"}) {
+    const auto [folder, name] = remote_split(*parse_remote_url(url));
+    CHECK(remote_join(folder, name).url == url);
+  }
+  const auto [folder, name] = remote_split(*parse_remote_url("https://host/a/b/%C3%A9%2b.safetensors"));
+  CHECK(folder.url == "https://host/a/b/");
+  CHECK(name == "\xC3\xA9+.safetensors");
+  const auto [bucket, key] = remote_split(*parse_remote_url("s3://bucket/d/e/model%2Bv1 x.safetensors"));
+  CHECK(bucket.key == "d/e/");
+  CHECK(key == "model%2Bv1 x.safetensors");
+  CHECK(s3_http_url(remote_join(bucket, key), "http://e", "us-east-1") ==
+        "http://e/bucket/d/e/model%252Bv1%20x.safetensors");
+  for (const char* bad : {"http://host/dir/100%.safetensors", "http://host/dir/%zz.safetensors",
+                          "http://host/dir/a%2Fb.safetensors", "http://host/x%00.safetensors",
+                          "http://host.safetensors"}) {
+    const Error e = error_of([&] { remote_split(*parse_remote_url(bad)); });
+    CHECK(e.kind() == ErrorKind::Usage);
+    CHECK(std::string(e.what()).find(bad) != std::string::npos);
+  }
+}
+
 TEST_CASE("remote options come from the environment given", "[remote]") {
   const std::map<std::string, std::string> env{{"AWS_ACCESS_KEY_ID", "AK"}, {"AWS_SECRET_ACCESS_KEY", "SK"},
                                                {"AWS_DEFAULT_REGION", "eu-north-1"}, {"AWS_ENDPOINT_URL", "http://e"},
@@ -395,6 +430,29 @@ TEST_CASE("HTTP: stat, get, ranged reads fetched exactly once, split into parall
   CHECK(std::string(past.what()).find("past its end") != std::string::npos);
   const Error wrap = error_of([&] { c.read(u, info, {{UINT64_MAX - 2, 8, dst}}); });
   CHECK(wrap.kind() == ErrorKind::InvalidInput);
+}
+
+// Issue #15: each URL is requested with its name encoded exactly once, whatever the name holds.
+TEST_CASE("HTTP: a single-file URL with escapes in its name is fetched as given", "[remote][http]") {
+  Nginx& n = nginx();
+  const std::string bytes = random_bytes(5000, 10);
+  for (const std::string file : {"model+v1 x.safetensors", "100%.safetensors"})
+    write_file(n.root() / "names" / file, bytes);
+  // As given, and what each request asks for: a literal '+' is sent as its equivalent %2B.
+  const std::pair<std::string, std::string> urls[] = {
+      {"names/model%2Bv1%20x.safetensors", "names/model%2Bv1%20x.safetensors"},
+      {"names/model+v1%20x.safetensors", "names/model%2Bv1%20x.safetensors"},
+      {"names/100%25.safetensors", "names/100%25.safetensors"}};
+  for (const auto& [given, requested] : urls) {
+    INFO(given);
+    const RemoteCheckpoint r = open_remote(*parse_remote_url(n.url(given)), {});
+    REQUIRE(r.single_file);
+    const auto file = r.store->open(*r.single_file);
+    CHECK(file->path().string() == n.url(requested));
+    std::string got(bytes.size(), '\0');
+    file->read(0, got.size(), reinterpret_cast<uint8_t*>(got.data()));
+    CHECK(got == bytes);
+  }
 }
 
 TEST_CASE("HTTP: bearer token, denied access is Io and never shows the token", "[remote][http]") {
