@@ -58,46 +58,60 @@ void prefetch_rows(const Piece& p, size_t i, uint64_t row0, uint64_t n, uint64_t
   }
 }
 
-// Block (128x128) amax of rows [0, n) × columns [c0, c1) of a row-major float matrix.
-float band_amax(const float* v, uint64_t n, uint64_t len, uint64_t c0, uint64_t c1) {
-  float amax = 0.0f;
-  for (uint64_t r = 0; r < n; ++r) amax = abs_max(v + r * len + c0, c1 - c0, amax);
-  return amax;
-}
-
 uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 
-// Weight rows converted to float32 at a time (2 MiB, one core's L2 here): amax and encode then
-// read the values from cache. Measured on split experts (RESULTS.md): 32 MiB spans, which read
+// Weight values produced at a time (2 MiB as float32, 1 MiB as BF16; a core's L2 here): amax and
+// encode then read them from cache. Measured on split experts (RESULTS.md): 32 MiB spans, which read
 // longer runs of each strided input row, were 30% slower; 0.5–2 MiB were alike.
 constexpr uint64_t kValueElems = 1u << 19;
 uint64_t value_rows(const PlannedTensor& t) { return std::max<uint64_t>(1, kValueElems / t.row_len); }
 
 // A weight whose pieces are all unscaled BF16 (every native checkpoint's): its values are
-// produced as BF16 — split experts then transpose 2-byte, not 4-byte, elements — and widened
-// to float32 in one contiguous pass. Exact either way: widening BF16 is a shift.
+// produced as BF16 — split experts then transpose 2-byte, not 4-byte, elements — and amax and
+// the encoder widen them inside their kernels. Exact either way: widening BF16 is a shift.
 bool bf16_source(const PlannedTensor& w) {
   for (const Piece& p : w.pieces)
     if (p.scale.info || p.input.info->dtype != DType::BF16) return false;
   return true;
 }
 
-// float32 values of weight elements [e0, e0 + n) into s.values.
-const float* weight_values(const PlannedTensor& w, uint64_t e0, uint64_t n, Scratch& s, const ItemInputs& in) {
-  s.values.resize(n);
-  if (!bf16_source(w)) {
-    produce(w, DType::F32, e0, e0 + n, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
-    return s.values.data();
+// A run of a weight's values, float32 or BF16, read as `rows` rows of n values `stride` apart
+// (codes rows `codes_stride` apart); element `at` counts from the run's start.
+struct Values {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+
+  float amax(uint64_t at, uint64_t rows, uint64_t n, uint64_t stride, float init = 0.0f) const {
+    if (bf16) return abs_max_rows(bf16 + at, rows, n, stride, init);
+    for (uint64_t r = 0; r < rows; ++r) init = abs_max(f32 + at + r * stride, n, init);
+    return init;
   }
-  s.half.resize(n);
-  produce(w, DType::BF16, e0, e0 + n, reinterpret_cast<uint8_t*>(s.half.data()), s, in);
-  cast_run(s.half.data(), DType::BF16, n, s.values.data(), DType::F32);
-  return s.values.data();
+  void encode(uint64_t at, uint64_t rows, uint64_t n, uint64_t stride, float scale, uint8_t* codes,
+              uint64_t codes_stride) const {
+    if (bf16) return quantize_rows(bf16 + at, rows, n, stride, scale, codes, codes_stride);
+    for (uint64_t r = 0; r < rows; ++r) quantize_span(f32 + at + r * stride, n, scale, codes + r * codes_stride);
+  }
+  void placeholder(uint64_t at, uint64_t n, uint8_t* codes) const {
+    if (bf16) cast_span_torch(bf16 + at, n, codes);
+    else cast_span_torch(f32 + at, n, codes);
+  }
+};
+
+// Values of weight elements [e0, e0 + n), in the scratch's buffers.
+Values weight_values(const PlannedTensor& w, uint64_t e0, uint64_t n, Scratch& s, const ItemInputs& in) {
+  if (bf16_source(w)) {
+    s.half.resize(n);
+    produce(w, DType::BF16, e0, e0 + n, reinterpret_cast<uint8_t*>(s.half.data()), s, in);
+    return {nullptr, s.half.data()};
+  }
+  s.values.resize(n);
+  produce(w, DType::F32, e0, e0 + n, reinterpret_cast<uint8_t*>(s.values.data()), s, in);
+  return {s.values.data(), nullptr};
 }
 
-// float32 values of elements [first, last) of `w`, read the scratch's way: the amax pass of a
+// Values of elements [first, last) of `w`, read the scratch's way: the amax pass of a
 // per-tensor export, which runs outside any item and so stages its own inputs.
-const float* values_of(const PlannedTensor& w, uint64_t first, uint64_t last, Scratch& s) {
+Values values_of(const PlannedTensor& w, uint64_t first, uint64_t last, Scratch& s) {
   if (s.io == IoMode::Pread) s.side.stage(w, first, last);
   else s.side.unstage();  // scratch outlives conversions: nothing staged by an earlier one is valid
   return weight_values(w, first, last - first, s, s.side);
@@ -136,14 +150,23 @@ void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, ui
     const uint64_t stride = kTileCols + 64 / es;
     const uint64_t r_lo = p.out_row0 + (rect.col0 - p.in_col0);
     s.tile.resize(kTileRows * stride * es);
+    // Nothing to convert: the transpose reads the input rows itself, one pass instead of a copy
+    // into the tile and a transpose out of it (FP8 export of native experts: 1.86 -> 1.65 s, RESULTS.md).
+    const bool copies = !p.scale.info && p.input.info->dtype == as;
     for (uint64_t i0 = rect.row0; i0 < rect.row1; i0 += kTileRows) {
       const uint64_t n = std::min(kTileRows, rect.row1 - i0);
       for (uint64_t c0 = rect.col0; c0 < rect.col1;) {
         const uint64_t c1 = std::min(rect.col1, (c0 / kTileCols + 1) * kTileCols);  // whole scale blocks
         if (c1 < rect.col1) prefetch_rows(p, i, i0, n, c1, std::min(kTileCols, rect.col1 - c1), in);  // the next tile
-        convert_rows(p, i, i0, n, c0, c1 - c0, as, s.tile.data(), stride, s.scales, in);
-        transpose_tile(s.tile.data(), n, c1 - c0, stride,
-                       out + ((r_lo + c0 - rect.col0) * len + p.out_col0 + (i0 - p.in_row0) - first) * es, len, es);
+        uint8_t* dst = out + ((r_lo + c0 - rect.col0) * len + p.out_col0 + (i0 - p.in_row0) - first) * es;
+        if (copies) {
+          const uint8_t* src = in.input(p, i, i0, c0);
+          const uint64_t ss = n > 1 ? static_cast<uint64_t>(in.input(p, i, i0 + 1, c0) - src) / es : 0;
+          transpose_tile(src, n, c1 - c0, ss, dst, len, es);
+        } else {
+          convert_rows(p, i, i0, n, c0, c1 - c0, as, s.tile.data(), stride, s.scales, in);
+          transpose_tile(s.tile.data(), n, c1 - c0, stride, dst, len, es);
+        }
         c0 = c1;
       }
     }
@@ -183,7 +206,7 @@ float AmaxCache::get(const Plan& plan, size_t i) {
           Scratch& s = scratch.local();
           for (uint64_t b = bands.begin(); b < bands.end(); ++b) {
             const uint64_t r0 = b * step, r1 = std::min(t.rows, r0 + step);
-            amax = abs_max(values_of(t, r0 * len, r1 * len, s), (r1 - r0) * len, amax);
+            amax = values_of(t, r0 * len, r1 * len, s).amax(0, 1, (r1 - r0) * len, 0, amax);
           }
           return amax;
         },
@@ -194,8 +217,8 @@ float AmaxCache::get(const Plan& plan, size_t i) {
 
 namespace {
 
-// Block 128x128: each 128-row band's float32 values once, then per column block its amax, scale
-// and codes from those same values (in cache).
+// Block 128x128: each 128-row band's values once, then per column block its amax, scale and
+// codes from those same values (in cache).
 void quantize_block(const PlannedTensor& w, uint64_t first, uint64_t last, bool real, uint8_t* codes,
                     float* scales, Scratch& s, const ItemInputs& in) {
   const uint64_t len = w.row_len, groups = ceil_div(len, 128);
@@ -203,21 +226,20 @@ void quantize_block(const PlannedTensor& w, uint64_t first, uint64_t last, bool 
   for (uint64_t r0 = first / len; r0 * len < last; r0 += span) {
     const uint64_t rows = std::min(span, last / len - r0);
     const uint64_t e0 = r0 * len, n = rows * len;
-    weight_values(w, e0, n, s, in);
+    const Values v = weight_values(w, e0, n, s, in);
     uint8_t* out = codes + (e0 - first);
     if (!real) {
-      cast_span_torch(s.values.data(), n, out);
+      v.placeholder(0, n, out);
       std::fill_n(scales, ceil_div(rows, 128) * groups, 1.0f);
       scales += ceil_div(rows, 128) * groups;
       continue;
     }
     for (uint64_t b = 0; b < rows; b += 128) {
       const uint64_t band = std::min<uint64_t>(128, rows - b);
-      const float* v = s.values.data() + b * len;
       for (uint64_t g = 0; g < groups; ++g) {
-        const uint64_t c0 = g * 128, c1 = std::min(len, c0 + 128);
-        const float sc = fp8_block_scale(band_amax(v, band, len, c0, c1));
-        for (uint64_t r = 0; r < band; ++r) quantize_span(v + r * len + c0, c1 - c0, sc, out + (b + r) * len + c0);
+        const uint64_t at = b * len + g * 128, w = std::min<uint64_t>(128, len - g * 128);
+        const float sc = fp8_block_scale(v.amax(at, band, w, len));
+        v.encode(at, band, w, len, sc, out + at, len);
         *scales++ = sc;
       }
     }
@@ -230,19 +252,19 @@ void quantize_mx(const PlannedTensor& w, uint64_t first, uint64_t last, bool rea
   const uint64_t len = w.row_len, step = value_rows(w) * len;
   for (uint64_t e0 = first; e0 < last; e0 += step) {
     const uint64_t n = std::min(step, last - e0);
-    const float* v = weight_values(w, e0, n, s, in);
+    const Values v = weight_values(w, e0, n, s, in);
     uint8_t* out = codes + (e0 - first);
     uint8_t* sc = scales + (e0 - first) / len * ceil_div(len, kMxBlock);
     if (!real) {
-      cast_span_torch(v, n, out);
+      v.placeholder(0, n, out);
       std::fill_n(sc, n / len * ceil_div(len, kMxBlock), uint8_t{127});
       continue;
     }
     for (uint64_t r = 0; r < n; r += len)
       for (uint64_t c0 = 0; c0 < len; c0 += kMxBlock) {
         const uint64_t c1 = std::min(len, c0 + kMxBlock);
-        const uint8_t e = mx_scale_byte(abs_max(v + r + c0, c1 - c0));
-        quantize_span(v + r + c0, c1 - c0, e8m0_to_float(e), out + r + c0);
+        const uint8_t e = mx_scale_byte(v.amax(r + c0, 1, c1 - c0, 0));
+        v.encode(r + c0, 1, c1 - c0, 0, e8m0_to_float(e), out + r + c0, 0);
         *sc++ = e;
       }
   }
@@ -256,9 +278,9 @@ void quantize_per_tensor(const Plan& plan, size_t index, uint64_t first, uint64_
   const uint64_t step = value_rows(w) * w.row_len;
   for (uint64_t e0 = first; e0 < last; e0 += step) {
     const uint64_t n = std::min(step, last - e0);
-    weight_values(w, e0, n, s, in);
-    if (real) quantize_span(s.values.data(), n, sc, codes + (e0 - first));
-    else cast_span_torch(s.values.data(), n, codes + (e0 - first));
+    const Values v = weight_values(w, e0, n, s, in);
+    if (real) v.encode(0, 1, n, 0, sc, codes + (e0 - first), 0);
+    else v.placeholder(0, n, codes + (e0 - first));
   }
   if (first != 0) return;
   if (real) {

@@ -18,8 +18,8 @@ namespace ckpt {
 struct Scratch {
   std::vector<float> scales;
   std::vector<uint8_t> tile;
-  std::vector<float> values;  // float32 values of a tensor being quantized
-  std::vector<uint16_t> half; // their BF16 source, when it is BF16
+  std::vector<float> values;  // values of a tensor being quantized, as float32
+  std::vector<uint16_t> half; // or as BF16, when that is its source's dtype
   IoMode io = IoMode::Mmap;   // how a per-tensor amax pass reads its weight (values_of)
   ItemInputs side;            // their staged inputs under IoMode::Pread
 };

@@ -429,3 +429,48 @@ TEST_CASE("FP8 export kernels of every ISA equal the scalar rules", "[quantize][
     CHECK(bits(k.abs_max(x.data(), x.size(), 0.0f)) == bits(std::numeric_limits<float>::max()));
   }
 }
+
+// The BF16-input kernels (a native checkpoint's weights go to FP8 without a float32 copy) against
+// the float32 rule on the widened values: every BF16 pattern, as rows of several widths and
+// strides, under scales of every range; amax with an `init` and with non-finite values that
+// must be skipped.
+TEST_CASE("BF16 export kernels of every ISA equal the float32 rule on widened values", "[quantize][kernels]") {
+  std::vector<uint16_t> h(0x10000);
+  for (uint32_t b = 0; b < 0x10000; ++b) h[b] = static_cast<uint16_t>((b * 40503u) & 0xFFFF);  // every pattern, shuffled
+  const float scales[] = {1.0f, 1.0f / 448.0f, 0.0044642857f, 1e-30f, 3e25f, std::ldexp(1.0f, -127), 7.0f};
+  const auto widened = [&](size_t j) { return from_bits(static_cast<uint32_t>(h[j]) << 16); };
+  for (Isa isa : supported_isas()) {
+    const KernelTable& k = *kernels_for(isa);
+    INFO("isa " << isa_name(isa));
+    for (float s : scales) {
+      INFO("scale " << s);
+      std::vector<uint8_t> got(h.size()), want(h.size());
+      for (size_t j = 0; j < h.size(); ++j) want[j] = float_to_e4m3_saturate(widened(j) / s);
+      k.quantize_bf16(h.data(), 256, 256, 256, s, got.data(), 256);  // all of it as 256 rows
+      CHECK(got == want);
+    }
+    // Rows narrower than their strides, every width to 70: nothing read or written between rows.
+    for (size_t n = 0; n <= 70; ++n)
+      for (size_t rows : {1, 3}) {
+        const size_t stride = n + 5, cstride = n + 3, at = 977 * n;
+        std::vector<uint8_t> codes(rows * cstride, 0xAB);
+        k.quantize_bf16(h.data() + at, rows, n, stride, 0.25f, codes.data(), cstride);
+        std::vector<float> flat;
+        for (size_t r = 0; r < rows; ++r)
+          for (size_t j = 0; j < cstride; ++j) {
+            const uint8_t want = j < n ? float_to_e4m3_saturate(widened(at + r * stride + j) / 0.25f) : 0xAB;
+            REQUIRE(codes[r * cstride + j] == want);
+            if (j < n) flat.push_back(widened(at + r * stride + j));
+          }
+        for (float init : {0.0f, 1.5f, -3.0f}) {
+          const float want = abs_max_scalar(flat.data(), flat.size(), init);
+          REQUIRE(bits(k.abs_max_bf16(h.data() + at, rows, n, stride, init)) == bits(want));
+        }
+      }
+    // All patterns at once: the largest finite BF16 magnitude wins over ±inf and every NaN.
+    CHECK(bits(k.abs_max_bf16(h.data(), 1, h.size(), 0, 0.0f)) == 0x7F7F0000u);
+    const uint16_t bad[] = {0x7F80, 0xFF80, 0x7FC0, 0xFFFF, 0x7F81};
+    CHECK(bits(k.abs_max_bf16(bad, 1, 5, 0, 0.0f)) == 0u);
+    CHECK(bits(k.abs_max_bf16(bad, 1, 5, 0, -2.0f)) == bits(2.0f));
+  }
+}

@@ -91,6 +91,8 @@ const KernelTable kScalar{
     {{E4::bf16, E4::f16, E4::f32}, {E5::bf16, E5::f16, E5::f32}},
     quantize_scalar,
     abs_max_scalar,
+    quantize_rows_scalar,
+    abs_max_rows_scalar,
     transpose16_sse2};
 
 // clang 14's __builtin_cpu_supports does not know "f16c", so CPUID leaf 1 is asked directly.

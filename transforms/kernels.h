@@ -42,6 +42,12 @@ using DequantRowsFn = void (*)(const uint8_t* src, size_t src_stride, size_t row
 // and the max |x[j]| over the finite x[j], from `init`.
 using QuantizeFn = void (*)(const float* x, size_t n, float scale, uint8_t* codes);
 using AbsMaxFn = float (*)(const float* x, size_t n, float init);
+// The same two over `rows` rows of n BF16 values, `stride` elements apart (codes rows
+// `codes_stride` apart): one call per block. Each value is widened exactly inside the kernel, so
+// a BF16 source (every native checkpoint's) is never stored as float32.
+using QuantizeBf16Fn = void (*)(const uint16_t* x, size_t rows, size_t n, size_t stride, float scale, uint8_t* codes,
+                                size_t codes_stride);
+using AbsMaxBf16Fn = float (*)(const uint16_t* x, size_t rows, size_t n, size_t stride, float init);
 // dst(c, r) = src(r, c) for a [rows × cols] tile of 16-bit elements, strides in elements
 // (transforms/transpose.h).
 using Transpose16Fn = void (*)(const uint16_t* src, size_t rows, size_t cols, size_t src_stride, uint16_t* dst,
@@ -53,6 +59,8 @@ struct KernelTable {
   DequantRowsFn dequant_rows[2][3];
   QuantizeFn quantize;
   AbsMaxFn abs_max;
+  QuantizeBf16Fn quantize_bf16;
+  AbsMaxBf16Fn abs_max_bf16;
   Transpose16Fn transpose16;
   DequantRowFn get(Fp8 f, OutType o) const {
     return dequant[static_cast<int>(f)][static_cast<int>(o)];

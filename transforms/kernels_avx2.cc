@@ -248,6 +248,48 @@ float abs_max(const float* x, size_t n, float init) {
   return abs_max_scalar(x + i, n - i, __builtin_bit_cast(float, best));
 }
 
+// 8 BF16 values as float32 lanes: widening is a shift.
+inline __m256 widen8(const uint16_t* x) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+void quantize_bf16(const uint16_t* x, size_t rows, size_t n, size_t stride, float scale, uint8_t* codes,
+                   size_t codes_stride) {
+  const __m256 s = _mm256_set1_ps(scale);
+  const size_t body = n / 8 * 8;
+  for (size_t r = 0; r < rows; ++r, x += stride, codes += codes_stride) {
+    for (size_t i = 0; i < body; i += 8) {
+      const __m256i c = encode8(_mm256_div_ps(widen8(x + i), s));
+      const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + i), _mm_packus_epi16(w, w));
+    }
+    quantize_rows_scalar(x + body, 1, n - body, 0, scale, codes + body, 0);
+  }
+}
+
+// The float32 rule on the upper halves: 16 magnitudes per register, finite ones below 0x7F80
+// (signed compares order them: every magnitude is below 0x8000).
+float abs_max_bf16(const uint16_t* x, size_t rows, size_t n, size_t stride, float init) {
+  const __m256i keep = _mm256_set1_epi16(0x7FFF), inf = _mm256_set1_epi16(0x7F80);
+  const size_t body = n / 16 * 16;
+  __m256i m = _mm256_setzero_si256();
+  float tail = init;
+  for (size_t r = 0; r < rows; ++r, x += stride) {
+    for (size_t i = 0; i < body; i += 16) {
+      const __m256i a = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), keep);
+      m = _mm256_max_epu16(m, _mm256_and_si256(a, _mm256_cmpgt_epi16(inf, a)));  // non-finite -> 0
+    }
+    tail = abs_max_rows_scalar(x + body, 1, n - body, 0, tail);
+  }
+  alignas(32) uint16_t lanes[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), m);
+  uint16_t best = 0;
+  for (uint16_t v : lanes) best = v > best ? v : best;
+  const uint32_t a = uint32_t{best} << 16, b = elem::f2u(tail) & 0x7FFFFFFFu;
+  return elem::u2f(a > b ? a : b);
+}
+
 template <Fp8 F>
 struct Rows {
   static constexpr DequantRowsFn bf16 = dequant_rows_tables<Span<F, ToBf16>, Lookup<F, 7, 1>>;
@@ -263,6 +305,8 @@ const KernelTable kTable{
     {{E4::bf16, E4::f16, E4::f32}, {E5::bf16, E5::f16, E5::f32}},
     quantize,
     abs_max,
+    quantize_bf16,
+    abs_max_bf16,
     transpose16_sse2};
 
 }  // namespace

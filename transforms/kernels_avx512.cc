@@ -198,6 +198,42 @@ float abs_max(const float* x, size_t n, float init) {
   return __builtin_bit_cast(float, _mm512_reduce_max_epu32(m));
 }
 
+// 16 BF16 values as float32 lanes: widening is a shift.
+inline __m512 widen16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+
+void quantize_bf16(const uint16_t* x, size_t rows, size_t n, size_t stride, float scale, uint8_t* codes,
+                   size_t codes_stride) {
+  const __m512 s = _mm512_set1_ps(scale);
+  const size_t body = n / 16 * 16;
+  const __mmask16 m = static_cast<__mmask16>((1u << (n - body)) - 1);
+  for (size_t r = 0; r < rows; ++r, x += stride, codes += codes_stride) {
+    for (size_t i = 0; i < body; i += 16) {
+      const __m512 v = widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), encode16(_mm512_div_ps(v, s)));
+    }
+    if (m) _mm_mask_storeu_epi8(codes + body, m, encode16(_mm512_div_ps(widen16(_mm256_maskz_loadu_epi16(m, x + body)), s)));
+  }
+}
+
+// The float32 rule on the upper halves: 32 magnitudes per register, finite ones below 0x7F80.
+float abs_max_bf16(const uint16_t* x, size_t rows, size_t n, size_t stride, float init) {
+  const __m512i keep = _mm512_set1_epi16(0x7FFF), inf = _mm512_set1_epi16(0x7F80);
+  const size_t body = n / 32 * 32;
+  const __mmask32 t = static_cast<__mmask32>((uint64_t{1} << (n - body)) - 1);
+  const auto fold = [&](__m512i m, __m512i v) {
+    const __m512i a = _mm512_and_si512(v, keep);
+    return _mm512_mask_max_epu16(m, _mm512_cmplt_epu16_mask(a, inf), m, a);
+  };
+  __m512i m = _mm512_setzero_si512();
+  for (size_t r = 0; r < rows; ++r, x += stride) {
+    for (size_t i = 0; i < body; i += 32) m = fold(m, _mm512_loadu_si512(x + i));
+    if (t) m = fold(m, _mm512_maskz_loadu_epi16(t, x + body));
+  }
+  const __m512i wide = _mm512_max_epu32(_mm512_srli_epi32(m, 16), _mm512_and_si512(m, _mm512_set1_epi32(0xFFFF)));
+  const uint32_t best = _mm512_reduce_max_epu32(wide) << 16, start = __builtin_bit_cast(uint32_t, init) & 0x7FFFFFFFu;
+  return __builtin_bit_cast(float, best > start ? best : start);
+}
+
 // dst(c, r) = src(r, c) for a block of 32 rows × 8 columns of 16-bit elements. Lane L of r[j]
 // holds row 8L + j; the SSE2 kernel's unpack network, which works within 128-bit lanes,
 // transposes the four 8×8 blocks at once and leaves destination row i's 32 elements in order in
@@ -262,6 +298,8 @@ const KernelTable kTable{
     {{E4::bf16, E4::f16, E4::f32}, {E5::bf16, E5::f16, E5::f32}},
     quantize,
     abs_max,
+    quantize_bf16,
+    abs_max_bf16,
     transpose16};
 
 }  // namespace

@@ -57,7 +57,18 @@ inline uint8_t mx_scale_byte(float amax) { return elem::mx_scale_byte(amax); }
 // division in float32, with the CPU's widest kernel. For MXFP8 pass e8m0_to_float(mx_scale_byte(amax)).
 void quantize_span(const float* x, size_t n, float scale, uint8_t* codes);
 
+// quantize_span and abs_max over `rows` rows of n BF16 values, `stride` elements apart (codes
+// rows `codes_stride` apart), each value widened exactly to float32 first; abs_max_rows is the
+// max over all rows. The *_scalar functions are the rules the kernels are tested against.
+void quantize_rows(const uint16_t* bf16, size_t rows, size_t n, size_t stride, float scale, uint8_t* codes,
+                   size_t codes_stride);
+float abs_max_rows(const uint16_t* bf16, size_t rows, size_t n, size_t stride, float init = 0.0f);
+void quantize_rows_scalar(const uint16_t* bf16, size_t rows, size_t n, size_t stride, float scale, uint8_t* codes,
+                          size_t codes_stride);
+float abs_max_rows_scalar(const uint16_t* bf16, size_t rows, size_t n, size_t stride, float init);
+
 // The placeholder cast: codes[j] = float_to_e4m3_torch(x[j]) (identity scale).
 void cast_span_torch(const float* x, size_t n, uint8_t* codes);
+void cast_span_torch(const uint16_t* bf16, size_t n, uint8_t* codes);
 
 }  // namespace ckpt
