@@ -9,47 +9,47 @@ std::list<BandCache::Band>::iterator BandCache::find(const InputFile& f, uint64_
                       [&](const Band& b) { return b.file == &f && b.offset == offset && b.len == len; });
 }
 
-bool BandCache::take_or_claim(const InputFile& f, uint64_t offset, uint64_t len, uint8_t* dst) {
-  if (len > capacity_) return false;  // never kept: a second reader must not wait for it
+BandCache::Bytes BandCache::take_or_claim(const InputFile& f, uint64_t offset, uint64_t len) {
+  if (len > capacity_) return nullptr;  // never kept: a second reader must not wait for it
   std::unique_lock lock(mu_);
   for (;;) {
     const auto it = find(f, offset, len);
     if (it == bands_.end()) {
-      bands_.push_back({&f, offset, len});
-      return false;
+      bands_.push_back({&f, offset, len, nullptr});
+      return nullptr;
     }
-    if (!it->ready) {  // its reader is at it: wait, then look again (it may have given up)
+    if (!it->bytes) {  // its reader is at it: wait, then look again (it may have given up)
       read_.wait(lock);
       continue;
     }
-    std::copy(it->bytes.begin(), it->bytes.end(), dst);
+    Bytes b = std::move(it->bytes);
     bytes_ -= it->len;
     bands_.erase(it);
-    return true;
+    return b;
   }
 }
 
-void BandCache::keep(const InputFile& f, uint64_t offset, const uint8_t* bytes, uint64_t len) {
+void BandCache::keep(const InputFile& f, uint64_t offset, Bytes bytes) {
   std::lock_guard lock(mu_);
+  const uint64_t len = bytes->size();
   const auto it = find(f, offset, len);
   if (it == bands_.end()) return;  // a band too large to keep was never claimed
   for (auto old = bands_.begin(); bytes_ + len > capacity_ && old != bands_.end();) {
-    if (old->ready) {
+    if (old->bytes) {
       bytes_ -= old->len;
       old = bands_.erase(old);
     } else {
       ++old;
     }
   }
-  it->bytes.assign(bytes, bytes + len);
-  it->ready = true;
+  it->bytes = std::move(bytes);
   bytes_ += len;
   read_.notify_all();
 }
 
 void BandCache::abandon(const InputFile& f, uint64_t offset, uint64_t len) {
   std::lock_guard lock(mu_);
-  if (const auto it = find(f, offset, len); it != bands_.end() && !it->ready) bands_.erase(it);
+  if (const auto it = find(f, offset, len); it != bands_.end() && !it->bytes) bands_.erase(it);
   read_.notify_all();
 }
 
@@ -59,26 +59,14 @@ ItemInputs::Region ItemInputs::read(const InputFile& f, uint64_t tensor_offset, 
   // A band at least half as wide as the rows is read as whole rows, gaps and all: one large read
   // beats many short ones. Narrower bands (a slice of each row) are read row by row, packed.
   const bool whole = 2 * width >= in_cols;
-  Region r{used_, r0, whole ? 0 : c0, (whole ? in_cols : width) * es};
+  Region r{used_, nullptr, r0, whole ? 0 : c0, (whole ? in_cols : width) * es};
   const uint64_t bytes = (r1 - r0) * r.stride;
+  if (whole && bands_ && width < in_cols) return shared_band(f, tensor_offset + r0 * in_cols * es, bytes, r);
   if (buf_.size() < used_ + bytes) buf_.resize(used_ + bytes);
   uint8_t* dst = buf_.data() + used_;
   used_ += bytes;
   if (whole) {
-    const uint64_t at = tensor_offset + r0 * in_cols * es;
-    // Rows read for part of their width are read again by the item that needs the rest.
-    if (bands_ && width < in_cols) {
-      if (bands_->take_or_claim(f, at, bytes, dst)) return r;
-      try {
-        f.read(at, bytes, dst);
-      } catch (...) {
-        bands_->abandon(f, at, bytes);
-        throw;
-      }
-      bands_->keep(f, at, dst, bytes);
-    } else {
-      f.read(at, bytes, dst);
-    }
+    f.read(tensor_offset + r0 * in_cols * es, bytes, dst);
   } else {
     ranges_.clear();
     for (uint64_t row = r0; row < r1; ++row, dst += r.stride)
@@ -89,8 +77,28 @@ ItemInputs::Region ItemInputs::read(const InputFile& f, uint64_t tensor_offset, 
   return r;
 }
 
+// Rows read for part of their width: the item that needs the rest shares them (BandCache).
+ItemInputs::Region ItemInputs::shared_band(const InputFile& f, uint64_t at, uint64_t bytes, Region r) {
+  BandCache::Bytes band = bands_->take_or_claim(f, at, bytes);
+  if (!band) {
+    auto fresh = std::make_shared<std::vector<uint8_t>>(bytes);
+    try {
+      f.read(at, bytes, fresh->data());
+    } catch (...) {
+      bands_->abandon(f, at, bytes);
+      throw;
+    }
+    bytes_read_ += bytes;
+    band = fresh;
+    bands_->keep(f, at, band);
+  }
+  r.shared = band->data();
+  shared_.push_back(std::move(band));
+  return r;
+}
+
 void ItemInputs::stage(const PlannedTensor& t, uint64_t first, uint64_t last) {
-  regions_.clear();
+  unstage();
   used_ = 0;
   if (t.is_copy()) {  // a flat run of bytes (copies are cut on whole bytes, sub-byte dtypes too)
     const Piece& p = t.pieces[0];
@@ -120,18 +128,18 @@ const uint8_t* ItemInputs::input(const Piece& p, size_t i, uint64_t row, uint64_
   const uint64_t es = dtype_size(p.input.info->dtype);
   if (regions_.empty()) return p.input.file->data(*p.input.info) + (row * p.in_cols + col) * es;
   const Region& r = regions_[2 * i];
-  return buf_.data() + r.at + (row - r.row0) * r.stride + (col - r.col0) * es;
+  return start(r) + (row - r.row0) * r.stride + (col - r.col0) * es;
 }
 
 const uint8_t* ItemInputs::scale_row(const Piece& p, size_t i, uint64_t grid_row) const {
   if (regions_.empty())
     return p.scale.file->data(*p.scale.info) + grid_row * p.scheme.grid_cols * dtype_size(p.scale.info->dtype);
   const Region& r = regions_[2 * i + 1];
-  return buf_.data() + r.at + (grid_row - r.row0) * r.stride;
+  return start(r) + (grid_row - r.row0) * r.stride;
 }
 
 const uint8_t* ItemInputs::copy_bytes(const PlannedTensor& t, uint64_t first) const {
-  if (!regions_.empty()) return buf_.data();
+  if (!regions_.empty()) return start(regions_[0]);
   const Piece& p = t.pieces[0];
   return p.input.file->data(*p.input.info) + elements_bytes(p.input.info->dtype, first);
 }

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <list>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -19,24 +20,25 @@ enum class IoMode : uint8_t { Mmap, Pread };
 
 // Whole-row bands that two items read: the gate and up halves of a fused expert tensor (`--to
 // hf` from a native checkpoint) each need every row of it, half of each row, and a band that wide
-// is read whole. The first reader of a band claims it and keeps a copy once read; the second —
-// waiting if the first is still reading — takes the copy instead of reading (for a remote input:
-// fetching) the rows again. Bounded: past `capacity` bytes the oldest copies go.
+// is read whole. The first reader of a band claims it and, once read, shares its buffer; the
+// second — waiting if the first is still reading — takes that buffer instead of reading (for a
+// remote input: fetching) the rows again, and without a copy. Bounded: past `capacity` bytes the
+// oldest shared bands are forgotten (their readers keep them as long as they need them).
 class BandCache {
  public:
+  using Bytes = std::shared_ptr<const std::vector<uint8_t>>;
   explicit BandCache(uint64_t capacity) : capacity_(capacity) {}
-  // Copies the band at `offset` of `f` into `dst` and forgets it (true), or makes the caller its
-  // reader (false), who then calls `keep` with the bytes — or `abandon` if the read failed.
-  bool take_or_claim(const InputFile& f, uint64_t offset, uint64_t len, uint8_t* dst);
-  void keep(const InputFile& f, uint64_t offset, const uint8_t* bytes, uint64_t len);
+  // The band at `offset` of `f` as another item read it, forgotten here; or null, making the
+  // caller its reader, who then calls `keep` with the bytes — or `abandon` if the read failed.
+  Bytes take_or_claim(const InputFile& f, uint64_t offset, uint64_t len);
+  void keep(const InputFile& f, uint64_t offset, Bytes bytes);
   void abandon(const InputFile& f, uint64_t offset, uint64_t len);
 
  private:
   struct Band {
     const InputFile* file;
     uint64_t offset, len;
-    bool ready = false;
-    std::vector<uint8_t> bytes;
+    Bytes bytes;  // null while its reader is at it
   };
   std::list<Band>::iterator find(const InputFile& f, uint64_t offset, uint64_t len);
   std::mutex mu_;
@@ -53,7 +55,10 @@ class ItemInputs {
   // Reads (pread) every input byte that output elements [first, last) of `t` need. Until
   // `stage` is called, or after `unstage`, pointers go into the maps.
   void stage(const PlannedTensor& t, uint64_t first, uint64_t last);
-  void unstage() { regions_.clear(); }
+  void unstage() {
+    regions_.clear();
+    shared_.clear();
+  }
   bool staged() const { return !regions_.empty(); }
 
   // Input element (row, col) of piece `i` of the staged tensor (row and col in the input matrix).
@@ -68,15 +73,19 @@ class ItemInputs {
  private:
   // A staged rectangle: input rows from `row0`, columns from `col0`, `stride` bytes apart.
   struct Region {
-    uint64_t at = 0;  // offset in buf_
+    uint64_t at = 0;                  // offset in buf_ ...
+    const uint8_t* shared = nullptr;  // ... unless it is a band of the cache's
     uint64_t row0 = 0, col0 = 0, stride = 0;
   };
+  const uint8_t* start(const Region& r) const { return r.shared ? r.shared : buf_.data() + r.at; }
   // Reads rows [r0, r1) × columns [c0, c1) of a row-major matrix at `tensor_offset` of `f`.
   Region read(const InputFile& f, uint64_t tensor_offset, uint64_t in_cols, uint64_t es, uint64_t r0, uint64_t r1,
               uint64_t c0, uint64_t c1);
+  Region shared_band(const InputFile& f, uint64_t at, uint64_t bytes, Region r);
   BandCache* bands_;
   std::vector<Region> regions_;  // per piece: input, then scale (when it has one)
   std::vector<uint8_t> buf_;
+  std::vector<BandCache::Bytes> shared_;  // the cache's bands the regions point into
   std::vector<InputFile::Range> ranges_;  // the rows of a narrow band, reused from read to read
   uint64_t used_ = 0, bytes_read_ = 0;
 };
