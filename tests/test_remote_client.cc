@@ -1,7 +1,7 @@
 // The remote client (formats/remote_client.h) against servers on loopback: Debian's nginx for
-// plain HTTP, s3rver (npm) for S3, and tests/remote/fault_proxy.js in front of nginx for the
-// faults of real networks. A test whose server cannot be had prints one line and exits 77, which
-// ctest counts as skipped.
+// plain HTTP, s3rver (npm) for S3, tests/remote/fault_proxy.js in front of nginx for the faults
+// of real networks, and tests/remote/sigv4_proxy.js in front of s3rver to check signatures. A
+// test whose server cannot be had prints one line and exits 77, which ctest counts as skipped.
 #include <catch2/catch.hpp>
 
 #include <curl/curl.h>
@@ -624,4 +624,18 @@ TEST_CASE("S3: list follows continuation tokens and decodes keys", "[remote][s3]
   CHECK(got == want);
   CHECK(c.stats().requests - before.requests == 4);  // 25 keys, 7 a page
   CHECK_THROWS_AS(c.list(*parse_remote_url("http://127.0.0.1:1/x/")), Error);
+
+  // Again where signatures are checked (s3rver checks none): tests/remote/sigv4_proxy.js refuses a
+  // page whose query, continuation token (base64: '+', '/', '=') included, is not signed as sent.
+  TempDir dir;
+  Child proxy({node(), std::string(CKPT_REMOTE_SCRIPTS) + "/sigv4_proxy.js", std::to_string(s.port), "us-east-1"},
+              dir.path / "sigv4.log", {"AWS_ACCESS_KEY_ID=S3RVER", "AWS_SECRET_ACCESS_KEY=S3RVER"});
+  const std::string port = proxy.first_line();
+  REQUIRE_FALSE(port.empty());
+  RemoteOptions o = s.options();
+  o.aws_endpoint_url = "http://127.0.0.1:" + port;
+  RemoteClient signed_client(o);
+  got = signed_client.list(*parse_remote_url(fmt::format("s3://{}/listing/", kBucket)), 7);
+  std::sort(got.begin(), got.end());
+  CHECK(got == want);
 }
