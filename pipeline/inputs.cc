@@ -29,9 +29,35 @@ BandCache::Bytes BandCache::take_or_claim(const InputFile& f, uint64_t offset, u
   }
 }
 
-void BandCache::keep(const InputFile& f, uint64_t offset, Bytes bytes) {
+std::shared_ptr<uint8_t> BandCache::buffer(uint64_t len) {
+  std::unique_ptr<uint8_t[]> bytes;
+  uint64_t size = len;
+  {
+    std::lock_guard lock(mu_);
+    auto best = spare_.end();  // the smallest spare that holds len
+    for (auto it = spare_.begin(); it != spare_.end(); ++it)
+      if (it->len >= len && (best == spare_.end() || it->len < best->len)) best = it;
+    if (best != spare_.end()) {
+      bytes = std::move(best->bytes);
+      size = best->len;
+      spare_bytes_ -= size;
+      spare_.erase(best);
+    }
+  }
+  if (!bytes) bytes.reset(new uint8_t[len]);  // uninitialised: a read fills it
+  return {bytes.release(), [this, size](uint8_t* p) { recycle(p, size); }};
+}
+
+void BandCache::recycle(uint8_t* bytes, uint64_t len) {
+  std::unique_ptr<uint8_t[]> owned(bytes);
   std::lock_guard lock(mu_);
-  const uint64_t len = bytes->size();
+  if (spare_bytes_ + len > capacity_) return;
+  spare_.push_back({std::move(owned), len});
+  spare_bytes_ += len;
+}
+
+void BandCache::keep(const InputFile& f, uint64_t offset, uint64_t len, Bytes bytes) {
+  std::lock_guard lock(mu_);
   const auto it = find(f, offset, len);
   if (it == bands_.end()) return;  // a band too large to keep was never claimed
   for (auto old = bands_.begin(); bytes_ + len > capacity_ && old != bands_.end();) {
@@ -81,18 +107,18 @@ ItemInputs::Region ItemInputs::read(const InputFile& f, uint64_t tensor_offset, 
 ItemInputs::Region ItemInputs::shared_band(const InputFile& f, uint64_t at, uint64_t bytes, Region r) {
   BandCache::Bytes band = bands_->take_or_claim(f, at, bytes);
   if (!band) {
-    auto fresh = std::make_shared<std::vector<uint8_t>>(bytes);
+    std::shared_ptr<uint8_t> fresh = bands_->buffer(bytes);
     try {
-      f.read(at, bytes, fresh->data());
+      f.read(at, bytes, fresh.get());
     } catch (...) {
       bands_->abandon(f, at, bytes);
       throw;
     }
     bytes_read_ += bytes;
-    band = fresh;
-    bands_->keep(f, at, band);
+    band = std::move(fresh);
+    bands_->keep(f, at, bytes, band);
   }
-  r.shared = band->data();
+  r.shared = band.get();
   shared_.push_back(std::move(band));
   return r;
 }
