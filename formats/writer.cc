@@ -1,7 +1,9 @@
 #include "formats/writer.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <xxhash.h>
@@ -179,6 +181,8 @@ ShardWriter::ShardWriter(const fs::path& dir, const ShardLayout& layout, bool re
   }
   fd_ = ::open(temp_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) fail_io_errno(errno, fmt::format("{}: cannot create", temp_.string()));
+  struct statfs fs {};
+  in_memory_ = ::fstatfs(fd_, &fs) == 0 && (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC);
   try {
     if (layout.file_size > 0) {
       const int rc = reserve ? ::posix_fallocate(fd_, 0, static_cast<off_t>(layout.file_size)) : EOPNOTSUPP;

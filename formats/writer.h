@@ -108,6 +108,9 @@ class ShardWriter final : public ShardSink {
   // glibc's byte-writing fallback, which would race with them): ENOSPC is an Io error naming the
   // shard; a filesystem without fallocate is left to allocate as it is written.
   void reserve(uint64_t offset, uint64_t len) const;
+  // The file lives in memory (tmpfs, ramfs): there, reserving allocates and charges its pages,
+  // as much work as writing them, and holds the file's lock against the writers meanwhile.
+  bool in_memory() const { return in_memory_; }
   uint64_t size() const { return size_; }
   const std::filesystem::path& final_path() const { return final_; }
 
@@ -119,7 +122,7 @@ class ShardWriter final : public ShardSink {
 
   std::filesystem::path final_, temp_;
   int fd_ = -1;
-  bool committed_ = false;
+  bool committed_ = false, in_memory_ = false;
   uint64_t size_ = 0, data_start_ = 0;
   OnComplete on_complete_;
   // Completion tracking, with on_complete only.

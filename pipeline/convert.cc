@@ -373,16 +373,17 @@ ExecStats Conversion::execute(TensorSink& sink, const RunOptions& run, std::vect
 namespace {
 
 // Allocates the new shards' blocks on a thread of its own while the executor writes them. Reserved
-// before the first write, they held up the whole run: on tmpfs allocating a shard's pages takes
-// about as long as writing them, and a single shard is one thread's work. The free-space check
-// has refused a run that cannot fit; what fills the disk meanwhile fails a write or this. Pieces
-// of 64 MiB, in write order, so that writers never wait long behind one fallocate (it holds the
-// file's lock). `finish` rethrows the first error.
+// before the first write, they held up the whole run. The free-space check has refused a run that
+// cannot fit; what fills the disk meanwhile fails a write or this. Pieces of 64 MiB, in write
+// order, so that writers never wait long behind one fallocate (it holds the file's lock). Shards
+// in memory (tmpfs) are not reserved: there fallocate allocates the pages themselves, as much
+// work as writing them, and writers spun on its lock (2-thread FP8 export 1.44 -> 1.14 s without,
+// RESULTS.md). `finish` rethrows the first error.
 class BackgroundReservation {
  public:
   explicit BackgroundReservation(const std::vector<std::unique_ptr<ShardSink>>& writers) {
     for (const auto& w : writers)
-      if (const auto* sw = dynamic_cast<const ShardWriter*>(w.get())) shards_.push_back(sw);
+      if (const auto* sw = dynamic_cast<const ShardWriter*>(w.get()); sw && !sw->in_memory()) shards_.push_back(sw);
     if (!shards_.empty()) thread_ = std::thread([this] { run(); });
   }
   ~BackgroundReservation() {

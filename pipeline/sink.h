@@ -26,6 +26,9 @@ class TensorSink {
   // them on that stream; the executor waits for the stream before it reuses `data`.
   virtual bool on_device() const { return false; }
   virtual void write_device(size_t tensor, uint64_t offset, const void* data, uint64_t len, void* stream);
+  // True when writes to one shard of the plan serialise inside the sink anyway (a file's writes
+  // take its lock): the executor then lets one thread at a time write each shard.
+  virtual bool serial_shards() const { return false; }
 };
 
 // Each tensor's bytes at its shard and offset, through one ShardSink per shard of the plan.
@@ -37,6 +40,7 @@ class ShardFileSink final : public TensorSink {
     const PlannedTensor& t = plan_.tensors[tensor];
     shards_[t.shard]->write(t.offset + offset, data, len);
   }
+  bool serial_shards() const override { return true; }
 
  private:
   const Plan& plan_;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -328,4 +329,27 @@ TEST_CASE("writer: index_json refuses a tensor in two shards", "[writer]") {
   } catch (const ckpt::Error& e) {
     CHECK_THAT(e.what(), Contains("output tensor 'x' is in both a.safetensors and b.safetensors"));
   }
+}
+
+TEST_CASE("ShardWriter knows when its file lives in memory (no background reservation there)", "[writer]") {
+  const ckpt::ShardLayout l = ckpt::layout_shard("m.safetensors", {{"t", DType::U8, {2}}});
+  // /dev/shm is tmpfs on Linux; the kernel's own answer for the other directory decides the check.
+  const auto kind = [](const fs::path& p) {
+    std::string out(64, '\0');
+    FILE* f = ::popen(("stat -f -c %T " + p.string()).c_str(), "r");
+    REQUIRE(f != nullptr);
+    out.resize(std::fread(out.data(), 1, out.size(), f));
+    ::pclose(f);
+    return out;
+  };
+  const fs::path shm = "/dev/shm/ckptconv-writer-test";
+  fs::create_directories(shm);
+  {
+    ckpt::ShardWriter sw(shm, l);
+    CHECK(sw.in_memory() == (kind(shm).rfind("tmpfs", 0) == 0));
+  }
+  fs::remove_all(shm);
+  const fs::path here = fs::current_path();
+  ckpt::ShardWriter sw(here, l);
+  CHECK(sw.in_memory() == (kind(here).rfind("tmpfs", 0) == 0));
 }
