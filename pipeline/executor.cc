@@ -17,6 +17,7 @@
 
 #include "formats/error.h"
 #include "pipeline/produce.h"
+#include "pipeline/write_turns.h"
 
 namespace ckpt {
 
@@ -34,48 +35,6 @@ struct Item {
   ScaleRange scales;  // FP8 export: the scale tensor's elements this item computed, after the codes
   DeviceStage::Slot* slot = nullptr;  // with a device stage: the item's buffers (`buffer` is its host side)
   bool on_device = false;             // its bytes were made on the device
-};
-
-// One writing thread per output shard at a time, for sinks whose writes to a shard serialise
-// anyway: in the kernel, a thread waiting for a file's lock spins (21% of the CPU of a 2-thread
-// FP8 export into one shard). A thread that finds its shard being written leaves the item to the
-// thread writing it and goes back to converting; that thread writes every item left to it before
-// it lets go of the shard.
-class WriteTurns {
- public:
-  explicit WriteTurns(size_t shards) : turns_(shards) {}
-  // write(it), then write(item) for each item left meanwhile; or, while another thread writes the
-  // shard, `it` is left to that thread.
-  template <typename Write>
-  void take(size_t shard, Item it, Write&& write) {
-    Turn& t = turns_[shard];
-    {
-      std::lock_guard lock(t.mu);
-      if (t.busy) {
-        t.left.push_back(it);
-        return;
-      }
-      t.busy = true;
-    }
-    for (;;) {
-      write(it);
-      std::lock_guard lock(t.mu);
-      if (t.left.empty()) {
-        t.busy = false;
-        return;
-      }
-      it = t.left.front();
-      t.left.pop_front();
-    }
-  }
-
- private:
-  struct Turn {
-    std::mutex mu;
-    std::deque<Item> left;
-    bool busy = false;
-  };
-  std::vector<Turn> turns_;
 };
 
 // Reusable output buffers: allocated on first use, then recycled, so the hot path never touches
@@ -622,7 +581,7 @@ class Run {
   Delivery out_;
   DeviceStage* device_;
   const bool device_sink_;
-  std::optional<WriteTurns> turns_;
+  std::optional<WriteTurns<Item>> turns_;
   std::atomic<uint64_t> read_ns_{0}, transform_ns_{0}, write_ns_{0}, items_{0};
   std::atomic<bool> failed_{false};
   std::exception_ptr first_error_;

@@ -6,7 +6,6 @@
 #include <cstring>
 #include <mutex>
 #include <random>
-#include <thread>
 
 #include "formats/checkpoint.h"
 #include "formats/error.h"
@@ -275,82 +274,4 @@ TEST_CASE("with two threads, items are dealt from two shards at a time", "[pipel
   CHECK(count(1, 6) >= 2);
   const auto first = [&](uint32_t k) { return std::find(two.begin(), two.end(), k) - two.begin(); };
   CHECK(first(2) >= 12 - 2);
-}
-
-namespace {
-
-// A shard in memory that counts how many writes are inside it at once; each write lingers, so
-// that writes from several threads would overlap.
-class OverlapSink final : public ShardSink {
- public:
-  explicit OverlapSink(uint64_t size) : bytes_(size, '\0') {}
-  void write(uint64_t offset, const void* data, uint64_t len) const override {
-    const int now = ++inside_;
-    int seen = most_.load();
-    while (now > seen && !most_.compare_exchange_weak(seen, now)) {
-    }
-    std::memcpy(bytes_.data() + offset, data, len);
-    std::this_thread::sleep_for(std::chrono::milliseconds(3));
-    --inside_;
-  }
-  void commit() override {}
-  void keep() override {}
-  const std::string& bytes() const { return bytes_; }
-  int most() const { return most_; }
-
- private:
-  mutable std::string bytes_;
-  mutable std::atomic<int> inside_{0}, most_{0};
-};
-
-// The file sink's routing, but claiming that a shard takes concurrent writes.
-class ParallelFileSink final : public TensorSink {
- public:
-  ParallelFileSink(const Plan& plan, const std::vector<std::unique_ptr<ShardSink>>& shards) : files_(plan, shards) {}
-  void write(size_t tensor, uint64_t offset, const void* data, uint64_t len) override {
-    files_.write(tensor, offset, data, len);
-  }
-
- private:
-  ShardFileSink files_;
-};
-
-}  // namespace
-
-TEST_CASE("a file sink's shard is written by one thread at a time, the others convert", "[pipeline]") {
-  // A file's writes take its lock in the kernel, where a waiting thread spins: the executor hands
-  // an item whose shard is being written to the thread writing it (WriteTurns). 24 items of
-  // 1 MiB into one shard, 2 threads; each write lingers 3 ms.
-  test::TempDir dir;
-  std::vector<TensorSpec> specs;
-  for (int i = 0; i < 4; ++i) {
-    std::string b(6u << 20, '\0');
-    std::mt19937 rng(static_cast<uint32_t>(i + 10));
-    for (auto& c : b) c = static_cast<char>(rng());
-    specs.push_back({"t" + std::to_string(i) + ".weight", DType::BF16, {3u << 20}, b});
-  }
-  test::write_safetensors(dir / "model.safetensors", specs);
-  const Checkpoint ck = Checkpoint::open(dir.path());
-  const Plan plan = make_plan(ck, PlanOptions{Direction::Dequant, OutType::BF16, 1ull << 40});
-  REQUIRE(plan.shards.size() == 1);
-
-  const auto run = [&](bool serial) {
-    std::vector<std::unique_ptr<ShardSink>> shard;
-    shard.push_back(std::make_unique<OverlapSink>(plan.shards[0].file_size));
-    ExecOptions eo;
-    eo.threads = 2;
-    eo.memory_budget = 8ull << 20;
-    ShardFileSink files(plan, shard);
-    ParallelFileSink parallel(plan, shard);
-    const ExecStats st = serial ? execute(plan, files, eo) : execute(plan, parallel, eo);
-    CHECK(st.items == 24);
-    const auto& s = static_cast<const OverlapSink&>(*shard[0]);
-    for (size_t i = 0; i < specs.size(); ++i) {  // every byte where the plan put it
-      const PlannedTensor& t = plan.tensors[i];
-      CHECK(s.bytes().substr(t.offset, t.nbytes) == specs[i].bytes);
-    }
-    return s.most();
-  };
-  CHECK(run(true) == 1);
-  CHECK(run(false) > 1);  // the same run without turns does overlap: the check above can fail
 }
