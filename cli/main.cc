@@ -389,8 +389,8 @@ void add_convert_flags(CLI::App* conv, ConvertArgs& a) {
   conv->add_flag("--json", a.json, "Print a JSON summary of the run on stdout");
   conv->add_flag("--dry-run", a.dry_run, "Open, validate and plan only: report what would be written");
   conv->add_option("--io", a.io,
-                   "How inputs are read: mmap (in place, no copy; best on local disks and tmpfs) or pread "
-                   "(large positional reads into reused buffers; for network filesystems)")
+                   "How inputs are read: mmap (in place, no copy) or pread (large positional reads into reused "
+                   "buffers; for network filesystems, and on tmpfs the faster mode for --to native and FP8 export)")
       ->capture_default_str()
       ->check(CLI::IsMember({"mmap", "pread"}));
   conv->add_option("--sink", a.sink, "file: write the output; null: convert everything but discard it (benchmarks; on a GPU, in device memory)")
