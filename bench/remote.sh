@@ -14,17 +14,9 @@ rm -rf "$W" && mkdir -p "$W/www" "$W/nginx/tmp"
 $B synth --family minimax_m2 --layers 2 --experts 36 --hidden 3072 --inter 1536 --shards 4 --seed 5 \
   --out "$W/www/big" >/dev/null
 PORT=18080
-cat >"$W/nginx/nginx.conf" <<EOF
-daemon off; master_process off; worker_processes 1;
-pid $W/nginx/nginx.pid; error_log $W/nginx/error.log;
-events { worker_connections 512; }
-http {
-  access_log off; default_type application/octet-stream;
-  client_body_temp_path $W/nginx/tmp/body; proxy_temp_path $W/nginx/tmp/proxy; fastcgi_temp_path $W/nginx/tmp/fcgi;
-  uwsgi_temp_path $W/nginx/tmp/uwsgi; scgi_temp_path $W/nginx/tmp/scgi;
-  server { listen 127.0.0.1:$PORT; root $W/www; }
-}
-EOF
+# shellcheck source=../tests/remote/nginx_conf.sh
+. "$(dirname "$0")/../tests/remote/nginx_conf.sh"
+nginx_conf "$W/nginx" "$PORT" "$W/www" >"$W/nginx/nginx.conf"
 "$NGINX" -p "$W/nginx" -c nginx.conf -e "$W/nginx/error.log" </dev/null >/dev/null 2>&1 &
 NPID=$!
 trap 'kill $NPID 2>/dev/null; rm -rf "$W"' EXIT

@@ -37,6 +37,8 @@ fail() {
   exit 1
 }
 find_prog() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" || true; }
+# shellcheck source=remote/nginx_conf.sh
+. "$SCRIPTS/nginx_conf.sh"
 
 NGINX=$(find_prog nginx)
 NODE=$(find_prog node)
@@ -79,20 +81,8 @@ mkdir -p "$WWW" "$T/nginx/tmp"
 NGINX_PORT=
 for attempt in 1 2 3 4 5; do
   port=$(free_port)
-  cat >"$T/nginx/nginx.conf" <<EOF
-daemon off; master_process off; worker_processes 1;
-pid $T/nginx/nginx.pid; error_log $T/nginx/error.log;
-events { worker_connections 512; }
-http {
-  access_log off; default_type application/octet-stream;
-  client_body_temp_path $T/nginx/tmp/body; proxy_temp_path $T/nginx/tmp/proxy; fastcgi_temp_path $T/nginx/tmp/fcgi;
-  uwsgi_temp_path $T/nginx/tmp/uwsgi; scgi_temp_path $T/nginx/tmp/scgi;
-  server {
-    listen 127.0.0.1:$port; root $WWW;
-    location /ranged503/ { alias $WWW/; if (\$http_range) { return 503; } }
-  }
-}
-EOF
+  nginx_conf "$T/nginx" "$port" "$WWW" \
+    "location /ranged503/ { alias $WWW/; if (\$http_range) { return 503; } }" >"$T/nginx/nginx.conf"
   "$NGINX" -p "$T/nginx" -c nginx.conf -e "$T/nginx/error.log" </dev/null >"$T/nginx/stderr.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do
