@@ -10,7 +10,7 @@ std::list<BandCache::Band>::iterator BandCache::find(const InputFile& f, uint64_
 }
 
 BandCache::Bytes BandCache::take_or_claim(const InputFile& f, uint64_t offset, uint64_t len) {
-  if (len > capacity_) return nullptr;  // never kept: a second reader must not wait for it
+  if (!shares(len)) return nullptr;  // never kept: a second reader must not wait for it
   std::unique_lock lock(mu_);
   for (;;) {
     const auto it = find(f, offset, len);
@@ -87,7 +87,8 @@ ItemInputs::Region ItemInputs::read(const InputFile& f, uint64_t tensor_offset, 
   const bool whole = 2 * width >= in_cols;
   Region r{used_, nullptr, r0, whole ? 0 : c0, (whole ? in_cols : width) * es};
   const uint64_t bytes = (r1 - r0) * r.stride;
-  if (whole && bands_ && width < in_cols) return shared_band(f, tensor_offset + r0 * in_cols * es, bytes, r);
+  if (whole && bands_ && width < in_cols && bands_->shares(bytes))
+    return shared_band(f, tensor_offset + r0 * in_cols * es, bytes, r);
   if (buf_.size() < used_ + bytes) buf_.resize(used_ + bytes);
   uint8_t* dst = buf_.data() + used_;
   used_ += bytes;

@@ -28,6 +28,8 @@ class BandCache {
  public:
   using Bytes = std::shared_ptr<const uint8_t>;
   explicit BandCache(uint64_t capacity) : capacity_(capacity) {}
+  // Whether a band of `len` bytes can be shared at all (larger ones are read by each item).
+  bool shares(uint64_t len) const { return len <= capacity_; }
   // A buffer of `len` bytes to read a claimed band into. The buffers of bands no item holds any
   // more are reused (up to `capacity` bytes of them): fresh memory costs a page fault per 4 KiB,
   // and the allocator hands large blocks back to the kernel (at 2 threads, 120 000 faults in a
