@@ -260,6 +260,10 @@ void quantize_mx(const PlannedTensor& w, uint64_t first, uint64_t last, bool rea
       std::fill_n(sc, n / len * ceil_div(len, kMxBlock), uint8_t{127});
       continue;
     }
+    if (v.bf16) {  // a row per kernel call
+      for (uint64_t r = 0; r < n; r += len, sc += ceil_div(len, kMxBlock)) quantize_mx_row(v.bf16 + r, len, out + r, sc);
+      continue;
+    }
     for (uint64_t r = 0; r < n; r += len)
       for (uint64_t c0 = 0; c0 < len; c0 += kMxBlock) {
         const uint64_t c1 = std::min(len, c0 + kMxBlock);

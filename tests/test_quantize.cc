@@ -474,3 +474,43 @@ TEST_CASE("BF16 export kernels of every ISA equal the float32 rule on widened va
     CHECK(bits(k.abs_max_bf16(bad, 1, 5, 0, -2.0f)) == bits(2.0f));
   }
 }
+
+// The MXFP8 BF16 row kernel of every ISA against the float32 rules on the widened values: every
+// BF16 pattern in order (each group of 32 shares its exponent, so codes span the whole grid) and
+// shuffled, then ragged rows of every length to 100 (no code or scale written past the row's).
+TEST_CASE("MXFP8 export kernels of every ISA equal the rules on widened values", "[quantize][kernels]") {
+  std::vector<uint16_t> in_order(0x10000), shuffled(0x10000);
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    in_order[b] = static_cast<uint16_t>(b);
+    shuffled[b] = static_cast<uint16_t>((b * 40503u) & 0xFFFF);
+  }
+  // Expected codes and scales of x[0, n) by the rules, group by group, in float32.
+  const auto expect = [](const uint16_t* x, size_t n, std::vector<uint8_t>& codes, std::vector<uint8_t>& scales) {
+    for (size_t g = 0; g < n; g += 32) {
+      std::vector<float> v;
+      for (size_t j = g; j < std::min(n, g + 32); ++j) v.push_back(from_bits(static_cast<uint32_t>(x[j]) << 16));
+      const uint8_t e = mx_scale_byte(abs_max_scalar(v.data(), v.size(), 0.0f));
+      for (size_t j = 0; j < v.size(); ++j) codes[g + j] = float_to_e4m3_saturate(v[j] / e8m0_to_float(e));
+      scales[g / 32] = e;
+    }
+  };
+  for (Isa isa : supported_isas()) {
+    const KernelTable& k = *kernels_for(isa);
+    INFO("isa " << isa_name(isa));
+    for (const auto* x : {&in_order, &shuffled}) {
+      std::vector<uint8_t> codes(x->size()), scales(x->size() / 32), want_codes(x->size()), want_scales(x->size() / 32);
+      expect(x->data(), x->size(), want_codes, want_scales);
+      k.quantize_mx_bf16(x->data(), x->size(), codes.data(), scales.data());
+      CHECK(codes == want_codes);
+      CHECK(scales == want_scales);
+    }
+    for (size_t n = 1; n <= 100; ++n) {
+      const size_t at = 1531 * n % (in_order.size() - n), groups = (n + 31) / 32;
+      std::vector<uint8_t> codes(n + 1, 0xAB), scales(groups + 1, 0xAB), want_codes(n + 1, 0xAB), want_scales(groups + 1, 0xAB);
+      expect(in_order.data() + at, n, want_codes, want_scales);
+      k.quantize_mx_bf16(in_order.data() + at, n, codes.data(), scales.data());
+      REQUIRE(codes == want_codes);
+      REQUIRE(scales == want_scales);
+    }
+  }
+}

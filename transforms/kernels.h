@@ -48,6 +48,9 @@ using AbsMaxFn = float (*)(const float* x, size_t n, float init);
 using QuantizeBf16Fn = void (*)(const uint16_t* x, size_t rows, size_t n, size_t stride, float scale, uint8_t* codes,
                                 size_t codes_stride);
 using AbsMaxBf16Fn = float (*)(const uint16_t* x, size_t rows, size_t n, size_t stride, float init);
+// MXFP8 export of one row of n BF16 values: per group of 32 (the last may be shorter) its e8m0
+// byte from the group's finite amax, then its codes under that scale (quantize.h's rules).
+using QuantizeMxBf16Fn = void (*)(const uint16_t* x, size_t n, uint8_t* codes, uint8_t* scales);
 // dst(c, r) = src(r, c) for a [rows × cols] tile of 16-bit elements, strides in elements
 // (transforms/transpose.h).
 using Transpose16Fn = void (*)(const uint16_t* src, size_t rows, size_t cols, size_t src_stride, uint16_t* dst,
@@ -61,6 +64,7 @@ struct KernelTable {
   AbsMaxFn abs_max;
   QuantizeBf16Fn quantize_bf16;
   AbsMaxBf16Fn abs_max_bf16;
+  QuantizeMxBf16Fn quantize_mx_bf16;
   Transpose16Fn transpose16;
   DequantRowFn get(Fp8 f, OutType o) const {
     return dequant[static_cast<int>(f)][static_cast<int>(o)];

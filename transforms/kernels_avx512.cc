@@ -8,8 +8,12 @@
 // 16-bit transpose: 32×8 blocks, one whole destination line per store.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "transforms/kernels.h"
 #include "transforms/kernels_impl.h"
+#include "transforms/quantize.h"
+#include "transforms/scale_scheme.h"
 #include "transforms/transpose.h"
 
 namespace ckpt::detail {
@@ -234,6 +238,30 @@ float abs_max_bf16(const uint16_t* x, size_t rows, size_t n, size_t stride, floa
   return __builtin_bit_cast(float, best > start ? best : start);
 }
 
+// One group of 32 values per register: its amax (the finite magnitudes' max, folded to one lane),
+// its e8m0 byte, then two halves encoded under it.
+void quantize_mx_bf16(const uint16_t* x, size_t n, uint8_t* codes, uint8_t* scales) {
+  const __m512i keep = _mm512_set1_epi16(0x7FFF), inf = _mm512_set1_epi16(0x7F80);
+  for (size_t g = 0; g < n; g += kMxBlock) {
+    const size_t w = std::min<size_t>(kMxBlock, n - g);
+    const __mmask32 m = static_cast<__mmask32>((uint64_t{1} << w) - 1);
+    const __m512i v = _mm512_maskz_loadu_epi16(m, x + g);
+    const __m512i a = _mm512_and_si512(v, keep);
+    const __m512i fin = _mm512_maskz_mov_epi16(_mm512_cmplt_epu16_mask(a, inf), a);
+    const __m256i h = _mm256_max_epu16(_mm512_castsi512_si256(fin), _mm512_extracti64x4_epi64(fin, 1));
+    const __m128i q = _mm_max_epu16(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+    // The max of eight as the min of their complements (phminposuw).
+    const uint16_t best = static_cast<uint16_t>(~_mm_cvtsi128_si32(_mm_minpos_epu16(_mm_xor_si128(q, _mm_set1_epi16(-1)))));
+    const uint8_t e = mx_scale_byte(elem::bf16_to_float(best));
+    const __m512 s = _mm512_set1_ps(e8m0_to_float(e));
+    const __m128i lo = encode16(_mm512_div_ps(widen16(_mm512_castsi512_si256(v)), s));
+    const __m128i hi = encode16(_mm512_div_ps(widen16(_mm512_extracti64x4_epi64(v, 1)), s));
+    _mm_mask_storeu_epi8(codes + g, static_cast<__mmask16>(m), lo);
+    _mm_mask_storeu_epi8(codes + g + 16, static_cast<__mmask16>(m >> 16), hi);
+    scales[g / kMxBlock] = e;
+  }
+}
+
 // dst(c, r) = src(r, c) for a block of 32 rows × 8 columns of 16-bit elements. Lane L of r[j]
 // holds row 8L + j; the SSE2 kernel's unpack network, which works within 128-bit lanes,
 // transposes the four 8×8 blocks at once and leaves destination row i's 32 elements in order in
@@ -300,6 +328,7 @@ const KernelTable kTable{
     abs_max,
     quantize_bf16,
     abs_max_bf16,
+    quantize_mx_bf16,
     transpose16};
 
 }  // namespace
