@@ -153,7 +153,7 @@ void print_summary(const ConvertArgs& a, const ConvertSummary& s,
                Progress::bytes(static_cast<double>(d->d2h_bytes)), Progress::bytes(static_cast<double>(d->device_bytes)),
                Progress::bytes(static_cast<double>(d->pinned_bytes)));
   if (s.fetched)
-    fmt::print("fetched {} in {} request(s), {} retried\n", Progress::bytes(static_cast<double>(s.fetched->bytes)),
+    fmt::print("fetched {} in {} request(s), {} retried\n", Progress::bytes(static_cast<double>(s.fetched->bytes_fetched)),
                s.fetched->requests, s.fetched->retries);
 }
 

@@ -36,7 +36,9 @@ class CheckpointStore {
 
   // What a remote store has fetched so far (nothing for a local one).
   struct FetchStats {
-    uint64_t requests = 0, bytes = 0, retries = 0;
+    uint64_t requests = 0;       // HTTP requests sent, retries included
+    uint64_t bytes_fetched = 0;  // body bytes of successful responses
+    uint64_t retries = 0;        // requests that repeated a failed one
   };
   virtual std::optional<FetchStats> fetch_stats() const { return std::nullopt; }
 };

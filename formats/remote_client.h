@@ -30,6 +30,8 @@
 #include <utility>
 #include <vector>
 
+#include "formats/checkpoint_store.h"
+
 namespace ckpt {
 
 // A parsed `s3://bucket/key` or `http(s)://host/path` location. For S3 `key` may be empty (the
@@ -97,11 +99,7 @@ class RemoteClient {
     uint64_t offset = 0, len = 0;
     uint8_t* dst = nullptr;
   };
-  struct Stats {
-    uint64_t requests = 0;       // HTTP requests sent, retries included
-    uint64_t bytes_fetched = 0;  // body bytes of successful responses
-    uint64_t retries = 0;        // requests that repeated a failed one
-  };
+  using Stats = CheckpointStore::FetchStats;
 
   explicit RemoteClient(RemoteOptions options);
   // Stops the background thread. No call may be running.

@@ -82,10 +82,7 @@ class RemoteStore final : public CheckpointStore {
     return object_identity(*i);
   }
 
-  std::optional<FetchStats> fetch_stats() const override {
-    const auto st = client_->stats();
-    return FetchStats{st.requests, st.bytes_fetched, st.retries};
-  }
+  std::optional<FetchStats> fetch_stats() const override { return client_->stats(); }
 
   // S3 folders list their direct children; HTTP cannot list.
   std::optional<std::vector<std::string>> list() const override {

@@ -22,7 +22,7 @@ nlohmann::ordered_json summary_json(const ConvertSummary& s, const SummaryLabels
                          {"d2h_bytes", d->d2h_bytes}, {"device_memory_bytes", d->device_bytes},
                          {"pinned_bytes", d->pinned_bytes}};
   if (s.fetched)
-    j["remote"] = {{"requests", s.fetched->requests}, {"bytes_fetched", s.fetched->bytes}, {"retries", s.fetched->retries}};
+    j["remote"] = {{"requests", s.fetched->requests}, {"bytes_fetched", s.fetched->bytes_fetched}, {"retries", s.fetched->retries}};
   if (s.part)
     j["part"] = {{"rank", s.part->rank}, {"world_size", s.part->world}, {"shards", s.part_shards},
                  {"bytes", s.part_bytes}, {"balance_max_over_mean", s.balance}, {"published", s.published}};

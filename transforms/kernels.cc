@@ -93,7 +93,7 @@ const KernelTable kScalar{
     abs_max_scalar,
     quantize_rows_scalar,
     abs_max_rows_scalar,
-    quantize_mx_row_scalar,
+    detail::quantize_mx_groups<abs_max_rows_scalar, quantize_rows_scalar>,
     transpose16_sse2};
 
 // clang 14's __builtin_cpu_supports does not know "f16c", so CPUID leaf 1 is asked directly.

@@ -16,12 +16,9 @@
 // on the arithmetic path.
 #include <immintrin.h>
 
-#include <algorithm>
-
 #include "transforms/kernels.h"
 #include "transforms/kernels_impl.h"
 #include "transforms/quantize.h"
-#include "transforms/scale_scheme.h"
 #include "transforms/transpose.h"
 
 namespace ckpt::detail {
@@ -293,16 +290,6 @@ float abs_max_bf16(const uint16_t* x, size_t rows, size_t n, size_t stride, floa
   return elem::u2f(a > b ? a : b);
 }
 
-// The group's amax and codes through the AVX2 kernels above, without a dispatch per group.
-void quantize_mx_bf16(const uint16_t* x, size_t n, uint8_t* codes, uint8_t* scales) {
-  for (size_t g = 0; g < n; g += kMxBlock) {
-    const size_t w = std::min<size_t>(kMxBlock, n - g);
-    const uint8_t e = mx_scale_byte(abs_max_bf16(x + g, 1, w, 0, 0.0f));
-    quantize_bf16(x + g, 1, w, 0, e8m0_to_float(e), codes + g, 0);
-    scales[g / kMxBlock] = e;
-  }
-}
-
 template <Fp8 F>
 struct Rows {
   static constexpr DequantRowsFn bf16 = dequant_rows_tables<Span<F, ToBf16>, Lookup<F, 7, 1>>;
@@ -320,7 +307,7 @@ const KernelTable kTable{
     abs_max,
     quantize_bf16,
     abs_max_bf16,
-    quantize_mx_bf16,
+    quantize_mx_groups<abs_max_bf16, quantize_bf16>,
     transpose16_sse2};
 
 }  // namespace

@@ -17,6 +17,9 @@
 #include <cstdint>
 #include <memory>
 
+#include "transforms/element.h"
+#include "transforms/scale_scheme.h"
+
 namespace ckpt::detail {
 
 // `rows` rows under the same scales (rows of one block band): row r reads src + r * ss and
@@ -144,6 +147,19 @@ void dequant_rows_tables(const uint8_t* src, size_t ss, size_t rows, size_t n, c
     }
     j += len;
     len = block < n - j ? block : n - j;
+  }
+}
+
+// MXFP8 export of a row of n BF16 values, group of 32 by group (the last may be shorter), through
+// an ISA's BF16 amax and quantize kernels (transforms/kernels.h's signatures): each group's e8m0
+// byte from its finite amax, then its codes under that scale.
+template <auto AbsMaxRows, auto QuantizeRows>
+void quantize_mx_groups(const uint16_t* x, size_t n, uint8_t* codes, uint8_t* scales) {
+  for (size_t g = 0; g < n; g += kMxBlock) {
+    const size_t w = kMxBlock < n - g ? kMxBlock : n - g;
+    const uint8_t e = elem::mx_scale_byte(AbsMaxRows(x + g, 1, w, 0, 0.0f));
+    QuantizeRows(x + g, 1, w, 0, elem::e8m0_to_float(e), codes + g, 0);
+    scales[g / kMxBlock] = e;
   }
 }
 

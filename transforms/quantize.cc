@@ -1,8 +1,6 @@
 #include "transforms/quantize.h"
 
 #include "transforms/kernels.h"
-#include "transforms/fp8.h"
-#include "transforms/scale_scheme.h"
 
 #include <algorithm>
 
@@ -53,15 +51,6 @@ float abs_max_rows_scalar(const uint16_t* bf16, size_t rows, size_t n, size_t st
 
 void quantize_mx_row(const uint16_t* bf16, size_t n, uint8_t* codes, uint8_t* scales) {
   kernels().quantize_mx_bf16(bf16, n, codes, scales);
-}
-
-void quantize_mx_row_scalar(const uint16_t* bf16, size_t n, uint8_t* codes, uint8_t* scales) {
-  for (size_t g = 0; g < n; g += kMxBlock) {
-    const size_t w = std::min<size_t>(kMxBlock, n - g);
-    const uint8_t e = mx_scale_byte(abs_max_rows_scalar(bf16 + g, 1, w, 0, 0.0f));
-    quantize_rows_scalar(bf16 + g, 1, w, 0, e8m0_to_float(e), codes + g, 0);
-    scales[g / kMxBlock] = e;
-  }
 }
 
 void cast_span_torch(const float* x, size_t n, uint8_t* codes) {

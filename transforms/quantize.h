@@ -70,7 +70,6 @@ float abs_max_rows_scalar(const uint16_t* bf16, size_t rows, size_t n, size_t st
 // MXFP8 export of a row of n BF16 values: for each group of 32 (kMxBlock; the last may be
 // shorter), scales[g] = mx_scale_byte(its finite amax) and its codes under e8m0_to_float of it.
 void quantize_mx_row(const uint16_t* bf16, size_t n, uint8_t* codes, uint8_t* scales);
-void quantize_mx_row_scalar(const uint16_t* bf16, size_t n, uint8_t* codes, uint8_t* scales);
 
 // The placeholder cast: codes[j] = float_to_e4m3_torch(x[j]) (identity scale).
 void cast_span_torch(const float* x, size_t n, uint8_t* codes);
