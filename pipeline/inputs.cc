@@ -158,6 +158,10 @@ const uint8_t* ItemInputs::input(const Piece& p, size_t i, uint64_t row, uint64_
   return start(r) + (row - r.row0) * r.stride + (col - r.col0) * es;
 }
 
+uint64_t ItemInputs::row_bytes(const Piece& p, size_t i) const {
+  return regions_.empty() ? p.in_cols * dtype_size(p.input.info->dtype) : regions_[2 * i].stride;
+}
+
 const uint8_t* ItemInputs::scale_row(const Piece& p, size_t i, uint64_t grid_row) const {
   if (regions_.empty())
     return p.scale.file->data(*p.scale.info) + grid_row * p.scheme.grid_cols * dtype_size(p.scale.info->dtype);

@@ -77,6 +77,8 @@ class ItemInputs {
 
   // Input element (row, col) of piece `i` of the staged tensor (row and col in the input matrix).
   const uint8_t* input(const Piece& p, size_t i, uint64_t row, uint64_t col) const;
+  // Bytes from one input row of piece `i` to the next, mapped or staged.
+  uint64_t row_bytes(const Piece& p, size_t i) const;
   // The first scale of grid row `grid_row` of piece `i`.
   const uint8_t* scale_row(const Piece& p, size_t i, uint64_t grid_row) const;
   // A copied tensor's bytes for output elements from `first` on.

@@ -39,9 +39,8 @@ void convert_rows(const Piece& p, size_t i, uint64_t row0, uint64_t n, uint64_t 
     const uint8_t* grid = in.scale_row(p, i, grid_row);
     for (uint64_t g = g0; g < g1; ++g) scales[g - g0] = scale_value(d.scale_dtype, grid, g);
     const uint8_t* src = in.input(p, i, r, col);
-    const uint64_t ss = r1 - r > 1 ? static_cast<uint64_t>(in.input(p, i, r + 1, col) - src) : 0;  // mapped or staged
-    kernels().get_rows(p.format, out_type(out))(src, ss, r1 - r, w, scales.data(), d.block_cols, col % d.block_cols,
-                                                dst + (r - row0) * ds * es, ds);
+    kernels().get_rows(p.format, out_type(out))(src, in.row_bytes(p, i), r1 - r, w, scales.data(), d.block_cols,
+                                                col % d.block_cols, dst + (r - row0) * ds * es, ds);
     r = r1;
   }
 }
@@ -160,9 +159,7 @@ void produce(const PlannedTensor& t, DType as, uint64_t first, uint64_t last, ui
         if (c1 < rect.col1) prefetch_rows(p, i, i0, n, c1, std::min(kTileCols, rect.col1 - c1), in);  // the next tile
         uint8_t* dst = out + ((r_lo + c0 - rect.col0) * len + p.out_col0 + (i0 - p.in_row0) - first) * es;
         if (copies) {
-          const uint8_t* src = in.input(p, i, i0, c0);
-          const uint64_t ss = n > 1 ? static_cast<uint64_t>(in.input(p, i, i0 + 1, c0) - src) / es : 0;
-          transpose_tile(src, n, c1 - c0, ss, dst, len, es);
+          transpose_tile(in.input(p, i, i0, c0), n, c1 - c0, in.row_bytes(p, i) / es, dst, len, es);
         } else {
           convert_rows(p, i, i0, n, c0, c1 - c0, as, s.tile.data(), stride, s.scales, in);
           transpose_tile(s.tile.data(), n, c1 - c0, stride, dst, len, es);
