@@ -54,6 +54,21 @@ uint32_t cpu_bits(DType out, float v) {
   return out == DType::BF16 ? float_to_bf16(v) : out == DType::F16 ? float_to_f16(v) : float_to_bits(v);
 }
 
+// A dense rows × cols conversion of `src` into `dst`, transposed or not; scaled ones add their grid.
+cuda::Convert dense(const void* src, DType from, uint64_t rows, uint64_t cols, void* dst, DType out, bool transpose) {
+  cuda::Convert d;
+  d.src = src;
+  d.src_dtype = from;
+  d.rows = rows;
+  d.cols = cols;
+  d.src_stride = cols;
+  d.dst = dst;
+  d.out = out;
+  d.dst_stride = transpose ? rows : cols;
+  d.transpose = transpose;
+  return d;
+}
+
 }  // namespace
 
 TEST_CASE("dequantization kernels equal the CPU path for every code, scheme and output", "[cuda]") {
@@ -83,25 +98,17 @@ TEST_CASE("dequantization kernels equal the CPU path for every code, scheme and 
           for (bool transpose : {false, true}) {
             INFO("scale " << dtype_name(sc.scale) << " block " << sc.br << "x" << sc.bc << " out " << dtype_name(out)
                           << " transpose " << transpose);
-            cuda::Convert d;
             uint8_t* dsrc = to_device(src);
             uint8_t* dscale = to_device(scales);
             void* ddst = nullptr;
             REQUIRE(cudaMalloc(&ddst, rows * cols * 4) == cudaSuccess);
-            d.src = dsrc;
-            d.rows = rows;
-            d.cols = cols;
-            d.src_stride = cols;
-            d.src_dtype = f == Fp8::E4M3 ? DType::F8_E4M3 : DType::F8_E5M2;
+            cuda::Convert d = dense(dsrc, f == Fp8::E4M3 ? DType::F8_E4M3 : DType::F8_E5M2, rows, cols, ddst, out,
+                                    transpose);
             d.scales = dscale;
             d.scale_dtype = sc.scale;
             d.block_rows = sc.br;
             d.block_cols = sc.bc;
             d.grid_cols = grid_cols;
-            d.dst = ddst;
-            d.out = out;
-            d.dst_stride = transpose ? rows : cols;
-            d.transpose = transpose;
             cuda::convert(d, nullptr);
             const size_t es = dtype_size(out);
             const auto got = from_device<uint8_t>(ddst, rows * cols * es);
@@ -137,16 +144,7 @@ TEST_CASE("cast kernels equal the CPU's cast_run, equal dtypes copied bit for bi
           uint8_t* dsrc = to_device(src);
           void* ddst = nullptr;
           REQUIRE(cudaMalloc(&ddst, rows * cols * 4) == cudaSuccess);
-          cuda::Convert d;
-          d.src = dsrc;
-          d.src_dtype = from;
-          d.rows = rows;
-          d.cols = cols;
-          d.src_stride = cols;
-          d.dst = ddst;
-          d.out = out;
-          d.dst_stride = transpose ? rows : cols;
-          d.transpose = transpose;
+          const cuda::Convert d = dense(dsrc, from, rows, cols, ddst, out, transpose);
           cuda::convert(d, nullptr);
           const auto got = from_device<uint8_t>(ddst, rows * cols * oes);
           std::vector<uint8_t> want(rows * cols * oes);
